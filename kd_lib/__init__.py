@@ -8,4 +8,4 @@ SST-2 and AG News), :mod:`kd_lib.models` (the packaged teacher), :mod:`kd_lib.ch
 from kd_lib.losses import distillation_loss, kd_loss, softmax_t
 
 __version__ = "0.1.0"
-__all__ = ["distillation_loss", "kd_loss", "softmax_t", "__version__"]
+__all__ = ["__version__", "distillation_loss", "kd_loss", "softmax_t"]

@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-__all__ = ["CheckResult", "collect_versions", "print_versions", "run_checks", "main"]
+__all__ = ["CheckResult", "collect_versions", "main", "print_versions", "run_checks"]
 
 PACKAGES = ("torch", "transformers", "datasets", "scikit-learn", "matplotlib", "nbval")
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)
 
 
 @dataclass(frozen=True)
@@ -126,5 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         if r.fix:
             print(f"       fix: {r.fix}")
     failures = sum(r.status == "fail" for r in results)
-    print(f"\n{len(results) - failures} checks passed, {failures} failed." if failures else f"\nAll {len(results)} checks passed: ready for the course.")
+    if failures:
+        print(f"\n{failures} of {len(results)} checks failed: see the fixes above.")
+    else:
+        print(f"\nAll {len(results)} checks passed: ready for the course.")
     return 1 if failures else 0

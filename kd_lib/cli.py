@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["main", "check_main"]
+__all__ = ["check_main", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:

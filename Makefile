@@ -1,0 +1,39 @@
+# The course's commands. `make test` and `make check` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch. On Linux, PyPI's default torch is a multi-GB CUDA build; to get the
+# small CPU wheel from PyTorch's own index use:
+#   make test TORCH_INSTALL="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH_INSTALL ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup test check notebooks lint clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install $(TORCH_INSTALL)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+# Every test: unit tests, lint, and every notebook executed by nbval with KD_FAST=1.
+test: setup
+	$(BIN)/python -m kd_lib check
+	KD_FAST=1 $(BIN)/python -m pytest
+
+check: setup
+	$(BIN)/python -m kd_lib check
+
+lint: setup
+	$(BIN)/ruff check .
+
+# Re-execute every notebook with the default (not KD_FAST) parameters and store the outputs.
+notebooks: setup
+	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
+		env -u KD_FAST $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
