@@ -125,9 +125,11 @@ def kd_loss(
     ``nn.KLDivLoss(reduction="batchmean")``, which is the true KL per example.
     (``reduction="mean"`` would also divide by ``C`` and silently shrink the loss.)
 
-    The ``T^2`` factor keeps the gradient magnitude independent of ``T``: the gradient with
-    respect to the student logits is ``T * (p_s - p_t) / B``, whereas without it the soft
-    term's gradients shrink like ``1/T`` as ``T`` grows.
+    The ``T^2`` factor keeps the soft term's gradients on the same scale as the hard-label
+    term's whatever ``T`` is (approximately constant once ``T`` is large): the gradient with
+    respect to the student logits is ``T * (p_s - p_t) / B``. Without the factor it would be
+    ``(p_s - p_t) / (T * B)``, and since ``p_s - p_t`` itself shrinks like ``1/T``, the soft
+    term's gradients would fade like ``1/T^2`` as ``T`` grows.
 
     The teacher logits are detached: gradient flows to the student only.
 
