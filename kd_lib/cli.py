@@ -1,17 +1,85 @@
-"""Command line: ``python -m kd_lib check`` (console script ``kd-check``)."""
+"""Command line: ``python -m kd_lib check`` and ``python -m kd_lib distill``
+(console scripts ``kd-check`` and ``kd-distill``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-__all__ = ["check_main", "main"]
+__all__ = ["check_main", "distill_main", "main"]
+
+
+def _layers(text: str) -> int | tuple[int, ...]:
+    """``3`` → a count of 3 layers; ``0,2,4`` → those teacher layers."""
+    try:
+        if "," in text:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a layer count (e.g. 3) or comma-separated teacher layers (e.g. 0,2,4)"
+        ) from None
+
+
+def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    from kd_lib.data import TASKS
+    from kd_lib.pipeline import PRESETS
+
+    p.add_argument("--preset", choices=list(PRESETS), default="default",
+                   help="fast (tests, ~1 min), default (meaningful, ~15 min on a 2-core CPU), full (all data)")
+    p.add_argument("--task", default="sst2", help=f"one of: {', '.join(sorted(TASKS))} (default: sst2)")
+    p.add_argument("--teacher", default=None,
+                   help="a BERT model: local folder or hub name (online); default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--student-layers", type=_layers, default=None,
+                   help="a count (3) or teacher layer indices (0,2,4); default: every other teacher layer")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature of the KD term (default 2)")
+    p.add_argument("--alpha", type=float, default=None, help="weight of the KD term, in [0, 1] (default 0.5)")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 32)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per sentence after truncation (default 64)")
+    p.add_argument("--seed", type=int, default=None, help="the student's seed: new weights, dropout, shuffling")
+    p.add_argument("--teacher-seed", type=int, default=None,
+                   help="seed of the teacher's fine-tuning and of the training subset (default 0)")
+    p.add_argument("--output-dir", default="runs/distill",
+                   help="where results go; re-running resumes (default %(default)s)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --output-dir")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_lib", description="Knowledge-distillation course tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="check Python, packages, the packaged teacher and the data files")
+    _add_distill_arguments(sub.add_parser("distill", help="fine-tune a teacher and distil a DistilBERT student"))
     return parser
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from kd_lib.pipeline import config_from_preset, results_table, run
+    from kd_lib.utils import quiet_hf
+
+    try:
+        config = config_from_preset(
+            args.preset, task=args.task, teacher=args.teacher, student_layers=args.student_layers,
+            temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+            max_length=args.max_length, seed=args.seed, teacher_seed=args.teacher_seed,
+            device=args.device,
+        )
+        with quiet_hf():
+            results = run(config, args.output_dir, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: re-run the same command to resume from the last finished epoch "
+              f"(results so far are in {args.output_dir})", file=sys.stderr)
+        return 130
+    print()
+    print(results_table(results))
+    print(f"\nretention {results['retention']:.3f}, speed-up {results['speedup']:.2f}×; "
+          f"results.json, report.md, results.png and student/ are in {args.output_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         from kd_lib.check import main as check
 
         return check()
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects unknown ones
+    return _distill(args)
 
 
 def check_main() -> int:
     """Entry point of the ``kd-check`` console script."""
     return main(["check"])
+
+
+def distill_main() -> int:
+    """Entry point of the ``kd-distill`` console script."""
+    return main(["distill", *sys.argv[1:]])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kd_lib.utils import sha256_file
 
@@ -23,6 +24,7 @@ __all__ = [
     "DATA_FILES",
     "TASKS",
     "DataFileError",
+    "EncodedDataset",
     "clean_ag_news_text",
     "data_dir",
     "load_task",
@@ -202,3 +204,54 @@ def load_task(
             features=features,
         )
     return DatasetDict(splits)
+
+
+class EncodedDataset:
+    """A tokenised split for PyTorch: item ``i`` is ``{"input_ids", "label", "row"}``.
+
+    ``row`` is the item's position in this dataset: cached teacher logits are stored in the
+    same order, so ``cached[batch["row"]]`` stays aligned however the loader shuffles.
+    Sequences are truncated to ``max_length`` but not padded: :func:`collate` pads each batch
+    only to its own longest sequence (dynamic padding).
+    """
+
+    def __init__(self, split, tokenizer, max_length: int = 64) -> None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
+            raise ValueError(f"max_length must be an int >= 8 (tokens); got {max_length!r}")
+        enc = tokenizer(list(split["text"]), truncation=True, max_length=max_length)
+        self.input_ids: list[list[int]] = enc["input_ids"]
+        self.labels: list[int] = list(split["label"])
+        self.idx: list[int] = list(split["idx"]) if "idx" in split.column_names else list(range(len(self.labels)))
+        self.pad_token_id: int = tokenizer.pad_token_id
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, row: int) -> dict:
+        return {"input_ids": self.input_ids[row], "label": self.labels[row], "row": row}
+
+    def collate(self, items: list[dict]) -> dict:
+        """Pad a list of items to the longest one: ``input_ids``/``attention_mask`` ``[B, L]``,
+        ``labels`` and ``row`` ``[B]``."""
+        longest = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for i, it in enumerate(items):
+            ids[i, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
+            mask[i, : len(it["input_ids"])] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([it["label"] for it in items]),
+            "row": torch.tensor([it["row"] for it in items]),
+        }
+
+    def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+        """A DataLoader with dynamic padding; shuffled with a generator seeded by ``seed``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return torch.utils.data.DataLoader(
+            self, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=self.collate
+        )

@@ -135,7 +135,7 @@ def load_teacher(
         TeacherIntegrityError: the weights do not match the expected hash.
         OSError: a hub name was given but neither a cached copy nor a network is available.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
         raise ValueError(f"num_labels must be an int >= 2; got {num_labels!r}")
@@ -161,8 +161,14 @@ def load_teacher(
         else:
             source = _resolve_hub_name(name)
     with quiet_hf():
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        # a checkpoint fine-tuned for another number of classes: only its head is replaced
+        new_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or []) and (
+            config.num_labels != num_labels
+        )
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, use_safetensors=True, trust_remote_code=False
+            source, num_labels=num_labels, use_safetensors=True, trust_remote_code=False,
+            ignore_mismatched_sizes=new_head,
         )
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
     model.eval()

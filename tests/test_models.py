@@ -125,3 +125,11 @@ def test_hub_name_unreachable_network_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(OSError, match="Hub cannot be reached"):
         load_teacher("google/bert_uncased_L-2_H-128_A-2")
+
+
+def test_classifier_for_other_label_count_gets_a_new_head(tiny_bert_folder):
+    folder, original = tiny_bert_folder  # saved with 3 labels
+    model, _ = load_teacher(folder, num_labels=2)
+    assert model.classifier.out_features == 2
+    torch.testing.assert_close(model.bert.encoder.layer[0].output.dense.weight,
+                               original.bert.encoder.layer[0].output.dense.weight)

@@ -1,0 +1,400 @@
+"""The main job: fine-tune a teacher, distil a DistilBERT student, compare, report -- resumably.
+
+``run(DistillConfig(...), output_dir)`` runs the stages below. Each finished stage is recorded
+in ``output_dir/state.json`` and skipped on a re-run; training stages checkpoint every epoch.
+
+1. ``teacher``   fine-tune (or reuse from the cache) the teacher; evaluate it.
+2. ``logits``    the teacher's logits over the training set, computed once, saved to disk.
+3. ``student_kd`` the DistilBERT student trained with ``distillation_loss`` from those logits.
+4. ``ce_only``   the same student (same initialisation, same steps) trained on labels only.
+5. ``speed``     teacher vs student throughput (batch 64) and batch-1 latency, alternating.
+6. ``report``    ``results.json``, ``report.md``, ``results.png``; the student is in ``student/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from kd_lib.cache import atomic_save_pretrained, load_logits, save_logits
+from kd_lib.data import TASKS, EncodedDataset, load_task
+from kd_lib.distill import TrainSettings, ce_loss, evaluate_accuracy, fit, kd_from_cache, predict_logits
+from kd_lib.evaluate import count_params, measure_speed, size_on_disk_mb
+from kd_lib.losses import check_alpha, check_temperature
+from kd_lib.students import default_student_layers, distilbert_from_bert
+from kd_lib.teacher import MARKER, TeacherRecipe, eval_split, finetuned_teacher
+from kd_lib.utils import atomic_write_bytes, set_seed
+
+__all__ = ["PRESETS", "DistillConfig", "config_from_preset", "run", "validate"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every setting of one run of the main job (serialised into ``results.json``)."""
+
+    preset: str = "default"
+    task: str = "sst2"
+    teacher: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    student_layers: int | tuple[int, ...] | None = None  # a count, teacher layer indices, or None: every other
+    temperature: float = 2.0
+    alpha: float = 0.5
+    epochs: int = 2  # student epochs
+    lr: float = 1e-4  # student learning rate
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0  # the student's: initialisation of new weights, dropout, shuffling
+    teacher_seed: int = 0  # the teacher's fine-tuning and the training subset (shared by all student seeds)
+    train_limit: int | None = 8000  # training sentences (teacher and student); None: all
+    eval_limit: int | None = None  # held-out sentences; None: all
+    teacher_epochs: int = 1
+    teacher_lr: float = 1e-4
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def teacher_recipe(self) -> TeacherRecipe:
+        return TeacherRecipe(
+            task=self.task, teacher=self.teacher, train_limit=self.train_limit, epochs=self.teacher_epochs,
+            lr=self.teacher_lr, batch_size=self.batch_size, max_length=self.max_length, seed=self.teacher_seed,
+        )
+
+
+PRESETS: dict[str, dict] = {
+    # for tests: a few hundred sentences, one epoch each -- checks the plumbing, not the science
+    "fast": {"train_limit": 512, "eval_limit": 200, "teacher_epochs": 1, "epochs": 1},
+    # meaningful results on a laptop CPU (about 12 min on 2 cores): 8,000 training sentences;
+    # one teacher epoch at lr 1e-4 reached 86.9 % (a second one did not help: 86.2 %)
+    "default": {"train_limit": 8000, "eval_limit": None, "teacher_epochs": 1, "epochs": 2},
+    # all 67,349 training sentences (hours on a CPU; minutes on a GPU)
+    "full": {"train_limit": None, "eval_limit": None, "teacher_epochs": 2, "epochs": 3, "teacher_lr": 5e-5,
+             "lr": 5e-5},
+}
+
+
+def config_from_preset(preset: str = "default", **overrides) -> DistillConfig:
+    """A :class:`DistillConfig` from a preset, with ``overrides`` (``None`` values ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return DistillConfig(preset=preset, **values)
+
+
+def _teacher_config(name_or_path: str | None):
+    """The teacher's ``PretrainedConfig`` without loading weights (offline-safe)."""
+    from transformers import AutoConfig
+
+    from kd_lib.models import _resolve_hub_name, packaged_teacher_path
+
+    if name_or_path is None:
+        return AutoConfig.from_pretrained(packaged_teacher_path()), packaged_teacher_path()
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"--teacher {name_or_path}: the folder has no config.json (is it a saved model?)")
+        return AutoConfig.from_pretrained(folder), folder
+    return AutoConfig.from_pretrained(_resolve_hub_name(str(name_or_path))), None
+
+
+def validate(config: DistillConfig) -> DistillConfig:
+    """Check every setting before any training; return the config with student layers resolved.
+
+    Raises ``ValueError`` naming the option and the fix.
+    """
+    if config.task not in TASKS:
+        raise ValueError(f"--task {config.task!r} is unknown; choose one of: {', '.join(sorted(TASKS))}")
+    check_temperature(config.temperature, "--temperature")
+    check_alpha(config.alpha, "--alpha")
+    for name in ("epochs", "batch_size", "teacher_epochs"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+    if not isinstance(config.max_length, int) or not 8 <= config.max_length <= 512:
+        raise ValueError(f"--max-length must be between 8 and 512 tokens; got {config.max_length!r}")
+    for name in ("train_limit", "eval_limit"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or value < 2):
+            raise ValueError(f"{name} must be an int >= 2 or None; got {value!r}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if config.device not in {"cpu"} and not config.device.startswith(("cuda", "mps")):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or mps; got {config.device!r}")
+
+    teacher_cfg, folder = _teacher_config(config.teacher)
+    if teacher_cfg.model_type != "bert":
+        raise ValueError(
+            f"--teacher {config.teacher}: a {teacher_cfg.model_type!r} model; the BERT → DistilBERT "
+            "mapping needs a BERT teacher (e.g. bert-base-uncased or the packaged default)"
+        )
+    n_labels = len(TASKS[config.task].label_names)
+    if folder is not None and (folder / MARKER).is_file() and teacher_cfg.num_labels != n_labels:
+        raise ValueError(
+            f"--teacher {config.teacher} was fine-tuned for {teacher_cfg.num_labels} labels but --task "
+            f"{config.task} has {n_labels}: pass a teacher fine-tuned on {config.task}, or a base model"
+        )
+    if folder is not None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except Exception as exc:
+            raise ValueError(f"--teacher {config.teacher}: no usable tokenizer in the folder ({exc})") from exc
+        if len(tokenizer) > teacher_cfg.vocab_size:
+            raise ValueError(
+                f"--teacher {config.teacher}: its tokenizer has {len(tokenizer)} tokens but the model's "
+                f"vocabulary only {teacher_cfg.vocab_size}; the tokenizer does not belong to this model"
+            )
+    n_teacher = teacher_cfg.num_hidden_layers
+    layers = config.student_layers
+    if layers is None:
+        layers = default_student_layers(n_teacher)
+    elif isinstance(layers, int) and not isinstance(layers, bool):
+        if not 1 <= layers <= n_teacher:
+            raise ValueError(
+                f"--student-layers {layers}: a student needs between 1 and the teacher's {n_teacher} layers"
+            )
+        layers = default_student_layers(n_teacher, layers)
+    else:
+        layers = list(layers)
+        bad = [i for i in layers if not 0 <= i < n_teacher]
+        if bad or not layers or layers != sorted(set(layers)):
+            raise ValueError(
+                f"--student-layers {','.join(map(str, layers))}: give a count (1..{n_teacher}) or strictly "
+                f"increasing teacher layer indices in 0..{n_teacher - 1} (the teacher has {n_teacher} layers)"
+            )
+    return replace(config, student_layers=tuple(layers))
+
+
+class _State:
+    """``state.json``: the finished stages of a run in ``output_dir``, written atomically."""
+
+    def __init__(self, output_dir: Path, config: DistillConfig, overwrite: bool) -> None:
+        self.path = output_dir / "state.json"
+        self.config = json.loads(json.dumps(asdict(config)))
+        if self.path.is_file() and not overwrite:
+            saved = json.loads(self.path.read_text())
+            if saved["config"] != self.config:
+                diff = sorted(k for k in self.config if saved["config"].get(k) != self.config[k])
+                raise ValueError(
+                    f"{output_dir} holds a run with other settings ({', '.join(diff)} differ): use another "
+                    "--output-dir, or --overwrite to start afresh there"
+                )
+            self.stages = saved["stages"]
+        else:
+            self.stages = {}
+
+    def done(self, stage: str) -> dict | None:
+        return self.stages.get(stage)
+
+    def finish(self, stage: str, result: dict) -> dict:
+        self.stages[stage] = result
+        atomic_write_bytes(self.path, json.dumps({"config": self.config, "stages": self.stages}, indent=1).encode())
+        return result
+
+
+def run(
+    config: DistillConfig,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Run (or resume) the main job; return the ``results.json`` content."""
+    config = validate(config)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in ("state.json", "teacher_logits.safetensors"):
+            (output_dir / name).unlink(missing_ok=True)
+        for ckpt in (output_dir / "checkpoints").glob("*.pt"):
+            ckpt.unlink()
+    state = _State(output_dir, config, overwrite)
+    device = config.device
+    set_seed(config.seed)
+
+    # 1. teacher -------------------------------------------------------------------------
+    start = time.perf_counter()
+    teacher_folder = Path(config.teacher).expanduser() if config.teacher else None
+    if teacher_folder is not None and (teacher_folder / MARKER).is_file():
+        from kd_lib.models import load_teacher
+
+        teacher, tokenizer = load_teacher(teacher_folder, num_labels=len(TASKS[config.task].label_names))
+        teacher_info = {**json.loads((teacher_folder / MARKER).read_text()), "folder": str(teacher_folder)}
+    else:
+        teacher, tokenizer, teacher_info = finetuned_teacher(config.teacher_recipe(), device=device, progress=progress)
+    teacher.to(device).eval()
+    split = eval_split(config.task)
+    limits = {"train": config.train_limit, split: config.eval_limit}
+    data = load_task(config.task, limit={k: v for k, v in limits.items() if v}, seed=config.teacher_seed)
+    train = EncodedDataset(data["train"], tokenizer, config.max_length)
+    held_out = EncodedDataset(data[split], tokenizer, config.max_length)
+    if not state.done("teacher"):
+        log(f"teacher: {'cached' if teacher_info.get('from_cache') else 'fine-tuned'} at {teacher_info['folder']}")
+        state.finish(
+            "teacher",
+            {
+                "accuracy": evaluate_accuracy(teacher, held_out, device=device),
+                "folder": teacher_info["folder"],
+                "from_cache": bool(teacher_info.get("from_cache")),
+                "finetune_wall_s": teacher_info.get("wall_s"),
+                "wall_s": time.perf_counter() - start,
+            },
+        )
+    log(f"teacher accuracy on {split}: {state.done('teacher')['accuracy']:.4f}")
+
+    # 2. teacher logits, once ---------------------------------------------------------------
+    start = time.perf_counter()
+    logits_path = output_dir / "teacher_logits.safetensors"
+    meta = {"teacher": state.done("teacher")["folder"], "task": config.task, "max_length": config.max_length}
+    cached = load_logits(logits_path, expected_idx=train.idx, expected_meta=meta)
+    if cached is None:
+        logits = predict_logits(teacher, train, batch_size=64, device=device, progress=progress, desc="teacher logits")
+        save_logits(logits_path, logits, train.idx, meta)
+        state.finish("logits", {"n": len(train), "wall_s": time.perf_counter() - start})
+    else:
+        logits = cached[0]
+    teacher_logits = logits
+
+    # 3./4. students: KD from the cached logits, and CE only from the same initialisation -----
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+    (output_dir / "checkpoints").mkdir(exist_ok=True)
+    students = {}
+    for stage, loss_fn in (
+        ("student_kd", kd_from_cache(teacher_logits, config.temperature, config.alpha)),
+        ("ce_only", ce_loss()),
+    ):
+        start = time.perf_counter()
+        saved = output_dir / "student"
+        done = state.done(stage)
+        if stage == "student_kd" and done and not (saved / "model.safetensors").is_file():
+            done = None  # the saved student was deleted: train it again
+        if done and stage == "student_kd":
+            from transformers import DistilBertForSequenceClassification
+
+            student = DistilBertForSequenceClassification.from_pretrained(saved, use_safetensors=True)
+        elif not done:
+            student = distilbert_from_bert(teacher, list(config.student_layers), seed=config.seed)
+            set_seed(config.seed)
+            history = fit(
+                student, train, loss_fn, settings, seed=config.seed, device=device, progress=progress,
+                checkpoint=str(output_dir / "checkpoints" / f"{stage}.pt"), desc=stage.replace("_", " "),
+            )
+            acc = evaluate_accuracy(student, held_out, device=device)
+            if stage == "student_kd":
+                label_names = TASKS[config.task].label_names
+                student.config.id2label = dict(enumerate(label_names))
+                student.config.label2id = {n: i for i, n in enumerate(label_names)}
+                atomic_save_pretrained(saved, student, tokenizer)
+            state.finish(stage, {"accuracy": acc, "train_losses": history, "wall_s": time.perf_counter() - start})
+            (output_dir / "checkpoints" / f"{stage}.pt").unlink(missing_ok=True)
+        else:
+            student = None
+        log(f"{stage}: accuracy {state.done(stage)['accuracy']:.4f}")
+        students[stage] = student
+
+    # 5. speed, side by side -----------------------------------------------------------------
+    if not state.done("speed"):
+        start = time.perf_counter()
+        speed = measure_speed({"teacher": teacher, "student": students["student_kd"]}, held_out, device=device)
+        state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
+
+    # 6. report ------------------------------------------------------------------------------
+    results = _results(config, state, teacher, students["student_kd"])
+    _write_reports(output_dir, results)
+    return results
+
+
+def _results(config: DistillConfig, state: _State, teacher, student) -> dict:
+    speed = state.done("speed")
+    t_acc, s_acc = state.done("teacher")["accuracy"], state.done("student_kd")["accuracy"]
+    return {
+        "task": config.task,
+        "preset": config.preset,
+        "seed": config.seed,
+        "config": state.config,
+        "teacher": {
+            "name": config.teacher or "sentence-transformers/all-MiniLM-L6-v2 (packaged), fine-tuned",
+            "folder": state.done("teacher")["folder"],
+            "layers": teacher.config.num_hidden_layers,
+            "params": count_params(teacher),
+            "size_mb": size_on_disk_mb(teacher),
+            "accuracy": t_acc,
+            **{k: speed["teacher"][k] for k in ("throughput_per_s", "latency_ms_batch1")},
+        },
+        "student": {
+            "name": f"DistilBERT, teacher layers {list(config.student_layers)}",
+            "layers": student.config.n_layers,
+            "teacher_layers": list(config.student_layers),
+            "params": count_params(student),
+            "size_mb": size_on_disk_mb(student),
+            "accuracy": s_acc,
+            **{k: speed["student"][k] for k in ("throughput_per_s", "latency_ms_batch1")},
+        },
+        "baselines": {"ce_only": {"accuracy": state.done("ce_only")["accuracy"]}},
+        "retention": s_acc / t_acc,
+        "speedup": speed["student"]["throughput_per_s"] / speed["teacher"]["throughput_per_s"],
+        "eval_split": eval_split(config.task),
+        "wall_s": {stage: round(info["wall_s"], 2) for stage, info in state.stages.items() if "wall_s" in info},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def results_table(results: dict) -> str:
+    """The results as a Markdown table."""
+    t, s = results["teacher"], results["student"]
+    rows = [
+        ("model", "layers", "params (M)", "size (MB)", "accuracy", "examples/s (b=64)", "latency ms (b=1)"),
+        ("teacher", t["layers"], f"{t['params'] / 1e6:.1f}", f"{t['size_mb']:.1f}", f"{t['accuracy']:.4f}",
+         f"{t['throughput_per_s']:.0f}", f"{t['latency_ms_batch1']:.1f}"),
+        ("student (KD)", s["layers"], f"{s['params'] / 1e6:.1f}", f"{s['size_mb']:.1f}", f"{s['accuracy']:.4f}",
+         f"{s['throughput_per_s']:.0f}", f"{s['latency_ms_batch1']:.1f}"),
+        ("student (CE only)", s["layers"], f"{s['params'] / 1e6:.1f}", f"{s['size_mb']:.1f}",
+         f"{results['baselines']['ce_only']['accuracy']:.4f}", "", ""),
+    ]
+    lines = ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    lines.insert(1, "|" + "---|" * len(rows[0]))
+    return "\n".join(lines)
+
+
+def _write_reports(output_dir: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    atomic_write_bytes(output_dir / "results.json", json.dumps(results, indent=1).encode())
+    walls = ", ".join(f"{k} {v:.0f} s" for k, v in results["wall_s"].items())
+    report = (
+        f"# Distillation report: {results['task']} ({results['preset']} preset, seed {results['seed']})\n\n"
+        f"{results_table(results)}\n\n"
+        f"- Retention (student / teacher accuracy on {results['eval_split']}): {results['retention']:.3f}\n"
+        f"- Speed-up (student / teacher throughput, batch 64): {results['speedup']:.2f}×\n"
+        f"- Temperature {results['config']['temperature']}, alpha {results['config']['alpha']}, "
+        f"{results['config']['epochs']} student epoch(s), {results['threads']} CPU threads\n"
+        f"- Wall times: {walls}\n\n![results](results.png)\n"
+    )
+    atomic_write_bytes(output_dir / "report.md", report.encode())
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=90)
+    names = ["teacher", "student (KD)", "student (CE only)"]
+    accs = [results["teacher"]["accuracy"], results["student"]["accuracy"], results["baselines"]["ce_only"]["accuracy"]]
+    axes[0].bar(names, accs, color=["tab:gray", "tab:blue", "tab:orange"])
+    axes[0].set_ylim(max(0.0, min(accs) - 0.1), 1.0)
+    axes[0].set_ylabel(f"accuracy ({results['eval_split']})")
+    for i, a in enumerate(accs):
+        axes[0].text(i, a + 0.005, f"{a:.3f}", ha="center")
+    thr = [results["teacher"]["throughput_per_s"], results["student"]["throughput_per_s"]]
+    axes[1].bar(names[:2], thr, color=["tab:gray", "tab:blue"])
+    axes[1].set_ylabel("examples / s (batch 64)")
+    for i, v in enumerate(thr):
+        axes[1].text(i, v, f"{v:.0f}", ha="center", va="bottom")
+    fig.suptitle(
+        f"{results['task']}: {results['retention']:.1%} of the teacher's accuracy, {results['speedup']:.2f}× faster"
+    )
+    fig.tight_layout()
+    tmp = output_dir / ".results.png.tmp"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(output_dir / "results.png")

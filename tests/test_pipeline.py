@@ -1,0 +1,202 @@
+"""The main job: end to end, resume, results schema, and every bad argument failing early."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+import kd_lib.distill as distill
+from kd_lib.pipeline import config_from_preset, run, validate
+from tests.conftest import save_tiny_bert
+
+RESULT_KEYS = {"task", "preset", "seed", "teacher", "student", "baselines", "retention", "speedup", "wall_s"}
+MODEL_KEYS = {"name", "layers", "params", "accuracy", "throughput_per_s", "latency_ms_batch1"}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def tiny_config(teacher, **overrides):
+    values = {"teacher": str(teacher), "train_limit": 64, "eval_limit": 32, "epochs": 2, "lr": 1e-3,
+              "teacher_lr": 1e-3, "batch_size": 16, "max_length": 32, **overrides}
+    return config_from_preset("fast", **values)
+
+
+def check_schema(results: dict) -> None:
+    assert set(results) >= RESULT_KEYS
+    for who in ("teacher", "student"):
+        assert set(results[who]) >= MODEL_KEYS, who
+        assert 0 <= results[who]["accuracy"] <= 1 and results[who]["throughput_per_s"] > 0
+        assert results[who]["latency_ms_batch1"] > 0 and results[who]["params"] > 0
+    assert 0 <= results["baselines"]["ce_only"]["accuracy"] <= 1
+    assert results["retention"] == pytest.approx(results["student"]["accuracy"] / results["teacher"]["accuracy"])
+    assert results["speedup"] == pytest.approx(
+        results["student"]["throughput_per_s"] / results["teacher"]["throughput_per_s"])
+    assert {"teacher", "student_kd", "ce_only", "speed"} <= set(results["wall_s"])
+
+
+def test_twelve_layer_teacher_folder_gives_six_layer_student(tmp_path, cache):
+    """The --teacher bert-base-uncased path, offline: a 12-layer BERT folder → 6-layer DistilBERT."""
+    folder = tmp_path / "bert12"
+    save_tiny_bert(folder, num_layers=12, hidden=16)
+    out = tmp_path / "out"
+    results = run(tiny_config(folder, epochs=1), out, progress=False, log=lambda *_: None)
+    check_schema(results)
+    assert results["teacher"]["layers"] == 12 and results["student"]["layers"] == 6
+    assert results["student"]["teacher_layers"] == [0, 2, 4, 6, 8, 10]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["student"]["accuracy"] == results["student"]["accuracy"]
+    for name in ("report.md", "results.png", "student/model.safetensors", "student/config.json",
+                 "student/tokenizer.json"):
+        assert (out / name).is_file(), name
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_pretrained(out / "student", use_safetensors=True)
+    assert type(student).__name__ == "DistilBertForSequenceClassification" and student.config.n_layers == 6
+    assert not list(out.glob("checkpoints/*.pt")), "finished runs leave no checkpoints behind"
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_teacher, tmp_path, cache, monkeypatch):
+    config = tiny_config(tiny_teacher)
+    reference = run(config, tmp_path / "uninterrupted", progress=False, log=lambda *_: None)
+
+    out = tmp_path / "interrupted"
+    calls = {"n": 0}
+    real_epoch = distill.train_epoch
+
+    def interrupt_second_student_epoch(*args, **kwargs):
+        if kwargs.get("desc", "").startswith("student kd"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "train_epoch", interrupt_second_student_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(distill, "train_epoch", real_epoch)
+    state = json.loads((out / "state.json").read_text())
+    assert set(state["stages"]) == {"teacher", "logits"}
+    assert torch.load(out / "checkpoints" / "student_kd.pt", weights_only=True)["epochs_done"] == 1
+
+    epochs_run = []
+    monkeypatch.setattr(distill, "train_epoch", lambda *a, **k: epochs_run.append(k["desc"]) or real_epoch(*a, **k))
+    resumed = run(config, out, progress=False, log=lambda *_: None)
+    # only the unfinished work was done: one KD epoch, then the CE baseline's two
+    assert epochs_run == ["student kd epoch 2/2", "ce only epoch 1/2", "ce only epoch 2/2"]
+    assert resumed["student"]["accuracy"] == reference["student"]["accuracy"]
+    assert resumed["baselines"] == reference["baselines"]
+    assert resumed["teacher"]["accuracy"] == reference["teacher"]["accuracy"]
+    kd_state = json.loads((out / "state.json").read_text())["stages"]["student_kd"]
+    ref_state = json.loads((tmp_path / "uninterrupted" / "state.json").read_text())["stages"]["student_kd"]
+    assert kd_state["train_losses"] == pytest.approx(ref_state["train_losses"], rel=1e-6)
+
+    # a finished run re-run: nothing is trained again
+    epochs_run.clear()
+    again = run(config, out, progress=False, log=lambda *_: None)
+    assert epochs_run == [] and again["student"]["accuracy"] == reference["student"]["accuracy"]
+
+
+def test_output_dir_with_other_settings_is_refused(tiny_teacher, tmp_path, cache):
+    config = tiny_config(tiny_teacher, epochs=1)
+    run(config, tmp_path / "out", progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"other settings \(temperature differ\).*--overwrite"):
+        run(replace(config, temperature=4.0), tmp_path / "out", progress=False, log=lambda *_: None)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"task": "imdb"}, r"--task 'imdb' is unknown; choose one of: ag_news, sst2"),
+        ({"temperature": 0.0}, r"--temperature must be a finite number > 0"),
+        ({"temperature": -1.0}, r"--temperature"),
+        ({"alpha": 1.5}, r"--alpha must be in the range \[0, 1\]"),
+        ({"student_layers": 5}, r"--student-layers 5: a student needs between 1 and the teacher's 4 layers"),
+        ({"student_layers": (0, 4)}, r"--student-layers 0,4: .*indices in 0..3"),
+        ({"epochs": 0}, r"--epochs must be a positive integer"),
+        ({"max_length": 4}, r"--max-length must be between 8 and 512"),
+    ],
+)
+def test_bad_arguments_fail_before_training(tiny_teacher, tmp_path, cache, overrides, message):
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        run(tiny_config(tiny_teacher, **overrides), tmp_path / "out", progress=False)
+    assert time.perf_counter() - start < 10
+    assert not (cache / "teachers").exists(), "nothing was trained"
+
+
+def test_teacher_with_wrong_label_count_or_tokenizer(tmp_path, cache):
+    three = tmp_path / "three-labels"
+    save_tiny_bert(three, num_labels=3)
+    (three / "kd_teacher.json").write_text("{}")  # a teacher fine-tuned (by the course) for 3 classes
+    with pytest.raises(ValueError, match=r"fine-tuned for 3 labels but --task sst2 has 2"):
+        validate(tiny_config(three))
+    small_vocab = tmp_path / "small-vocab"
+    save_tiny_bert(small_vocab)
+    cfg = json.loads((small_vocab / "config.json").read_text())
+    cfg["vocab_size"] = 1000
+    (small_vocab / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"tokenizer has 30522 tokens but the model's vocabulary only 1000"):
+        validate(tiny_config(small_vocab))
+    with pytest.raises(ValueError, match=r"no config\.json"):
+        validate(tiny_config(tmp_path))
+
+
+def test_unknown_hub_teacher_offline(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="needs a network connection"):
+        validate(config_from_preset("fast", teacher="bert-base-uncased"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu(tiny_teacher):
+    with pytest.raises(ValueError, match="no CUDA GPU is visible; use --device cpu"):
+        validate(tiny_config(tiny_teacher, device="cuda"))
+
+
+def test_preset_and_layer_resolution(tiny_teacher):
+    assert validate(tiny_config(tiny_teacher)).student_layers == (0, 2)
+    assert validate(tiny_config(tiny_teacher, student_layers=3)).student_layers == (0, 1, 2)
+    assert validate(tiny_config(tiny_teacher, student_layers=(1, 3))).student_layers == (1, 3)
+    with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of: fast, default, full"):
+        config_from_preset("huge")
+
+
+@pytest.mark.slow
+def test_cli_fast_preset_end_to_end(tmp_path):
+    """``python -m kd_lib distill --preset fast`` with the packaged teacher, as a user runs it."""
+    env = dict(os.environ)  # the session's KD_CACHE_DIR: the notebooks reuse this fast teacher
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kd_lib", "distill", "--preset", "fast", "--output-dir", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| teacher |" in proc.stdout and "retention" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    check_schema(results)
+    assert results["preset"] == "fast" and results["task"] == "sst2"
+    assert results["teacher"]["layers"] == 6 and results["student"]["layers"] == 3
+    assert results["teacher"]["params"] > results["student"]["params"]
+    # bad arguments through the command line: exit code 2 and a message naming the option
+    bad = subprocess.run([*cmd[:-1], "--alpha", "2"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--alpha must be in the range [0, 1]" in bad.stderr
+
+
+def test_ag_news_task(tiny_teacher, tmp_path, cache):
+    results = run(tiny_config(tiny_teacher, task="ag_news", epochs=1), tmp_path / "out", progress=False,
+                  log=lambda *_: None)
+    check_schema(results)
+    assert results["task"] == "ag_news" and results["eval_split"] == "test"
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(tmp_path / "out" / "student")
+    assert saved.num_labels == 4 and saved.id2label[2] == "Business"
