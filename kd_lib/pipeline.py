@@ -388,6 +388,7 @@ def _write_reports(output_dir: Path, results: dict) -> None:
     thr = [results["teacher"]["throughput_per_s"], results["student"]["throughput_per_s"]]
     axes[1].bar(names[:2], thr, color=["tab:gray", "tab:blue"])
     axes[1].set_ylabel("examples / s (batch 64)")
+    axes[1].set_ylim(0, 1.15 * max(thr))
     for i, v in enumerate(thr):
         axes[1].text(i, v, f"{v:.0f}", ha="center", va="bottom")
     fig.suptitle(
