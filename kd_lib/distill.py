@@ -121,7 +121,11 @@ def kd_online(
 ) -> LossFn:
     """``distillation_loss`` with a live teacher (in eval mode, under ``no_grad``), plus an
     optional DistilBERT-style cosine loss between the last hidden states of student and
-    teacher over the non-padding tokens (needs equal widths)."""
+    teacher over the non-padding tokens (needs equal widths).
+
+    The teacher is put in eval mode and its parameters are frozen (``requires_grad=False``):
+    it is a fixed function during distillation. Call ``requires_grad_(True)`` on it to train
+    it again afterwards."""
     temperature, alpha = check_temperature(temperature), check_alpha(alpha)
     if cosine_weight < 0:
         raise ValueError(f"cosine_weight must be >= 0; got {cosine_weight!r}")

@@ -28,7 +28,9 @@ def count_params(model: nn.Module) -> int:
 
 def size_on_disk_mb(model: nn.Module) -> float:
     """Size of the model's weights saved as safetensors, in MB (10^6 bytes)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    from kd_lib.utils import quiet_hf
+
+    with tempfile.TemporaryDirectory() as tmp, quiet_hf():
         model.save_pretrained(tmp)
         return sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 1e6
 

@@ -45,8 +45,9 @@ def default_student_layers(num_teacher_layers: int, num_student_layers: int | No
 
     With the default ``num_student_layers = num_teacher_layers // 2`` this is "every other
     layer": ``[0, 2, 4]`` for 6 teacher layers, ``[0, 2, 4, 6, 8, 10]`` for 12. (DistilBERT's
-    published checkpoint used ``[0, 2, 4, 7, 9, 11]`` for 12: keeping the *last* layer, whose
-    features the task head was tuned on, matters more than perfect spacing.)
+    published checkpoint used ``[0, 2, 4, 7, 9, 11]`` for 12: keeping the *last* layer, the one
+    closest to the pre-training head, matters more than perfect spacing. Its extraction script
+    also dropped the token-type embeddings; this module folds segment 0 into the positions.)
     """
     if num_student_layers is None:
         num_student_layers = max(1, num_teacher_layers // 2)
