@@ -113,6 +113,7 @@ def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Pat
 
 
 _NUMERIC_ENTITY = re.compile(r" ?#(\d{2,4});")
+_NAMED_ENTITY = re.compile(r" ?(?<![&\w])(quot|amp|lt|gt);")  # "&" lost, as in " quot;" or "AT amp;T"
 _TAG = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"\s+")
 
@@ -132,6 +133,7 @@ def clean_ag_news_text(text: str) -> str:
     "It's $5 a day. Reuters"
     """
     text = _NUMERIC_ENTITY.sub(_numeric_entity, text)
+    text = _NAMED_ENTITY.sub(lambda m: f"&{m.group(1)};", text)
     text = text.replace("\\$", "$").replace("\\", " ")
     text = html.unescape(text)
     text = _TAG.sub(" ", text)

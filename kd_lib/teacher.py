@@ -20,7 +20,7 @@ from kd_lib.cache import atomic_save_pretrained, cache_dir, config_key
 from kd_lib.data import TASKS, EncodedDataset, load_task
 from kd_lib.distill import TrainSettings, ce_loss, evaluate_accuracy, fit
 from kd_lib.models import PACKAGED_TEACHER_NAME, PACKAGED_TEACHER_SHA256, load_teacher
-from kd_lib.utils import set_seed, sha256_file
+from kd_lib.utils import quiet_hf, set_seed, sha256_file
 
 __all__ = ["TeacherRecipe", "eval_split", "finetuned_teacher", "teacher_identity"]
 
@@ -119,6 +119,7 @@ def finetuned_teacher(
         def save_pretrained(self, path):
             (Path(path) / MARKER).write_text(json.dumps(info, indent=1))
 
-    atomic_save_pretrained(folder, model, tokenizer, _Marker())
+    with quiet_hf():
+        atomic_save_pretrained(folder, model, tokenizer, _Marker())
     shutil.rmtree(partial, ignore_errors=True)
     return model.eval(), tokenizer, {**info, "folder": str(folder), "from_cache": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,4 +60,5 @@ def test_check_command_line():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All " in proc.stdout and "checks passed" in proc.stdout
     assert proc.stderr == ""
-    assert shutil.which("kd-check"), "the console script kd-check is installed"
+    scripts = Path(sys.executable).parent
+    assert (scripts / "kd-check").is_file() and (scripts / "kd-distill").is_file(), "console scripts installed"

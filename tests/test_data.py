@@ -42,6 +42,7 @@ def test_ag_news_escapes_are_cleaned(ag_news):
     for split in ag_news.values():
         for text in split["text"]:
             assert "#39;" not in text and "\\" not in text and "&lt;" not in text and "&gt;" not in text
+            assert " quot;" not in text and "amp;" not in text
     assert any("'s " in t for t in ag_news["train"]["text"])
 
 
@@ -53,6 +54,7 @@ def test_ag_news_escapes_are_cleaned(ag_news):
         ("Won954.3bn (\\$828m) and", "Won954.3bn ($828m) and"),
         ("the European Union and\\the United States", "the European Union and the United States"),
         ("show up #151;dung", "show up—dung"),
+        ("the  quot;new economy quot; and AT amp;T", 'the "new economy" and AT&T'),
         ("Corp. &lt;A HREF=\"http://x\"&gt;KMB.N&lt;/A&gt; said", "Corp. KMB.N said"),
     ],
 )
