@@ -98,16 +98,27 @@ def ce_loss() -> LossFn:
     return loss
 
 
-def kd_from_cache(teacher_logits: torch.Tensor, temperature: float = 2.0, alpha: float = 0.5) -> LossFn:
-    """``distillation_loss`` against cached teacher logits ``[N, C]``, looked up by ``batch["row"]``."""
+def kd_from_cache(
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    criterion: Callable[..., torch.Tensor] = distillation_loss,
+) -> LossFn:
+    """``criterion`` (default ``distillation_loss``) against cached teacher logits ``[N, C]``,
+    looked up by ``batch["row"]`` so that shuffling never misaligns them.
+
+    ``criterion(student_logits, teacher_logits, labels, temperature, alpha)`` may be any loss
+    with that signature, e.g. :func:`kd_lib.transfer.transfer_loss` for partly labelled data.
+    """
     temperature, alpha = check_temperature(temperature), check_alpha(alpha)
-    if teacher_logits.dim() != 2:
-        raise ValueError(f"teacher_logits must have shape [N, C]; got {tuple(teacher_logits.shape)}")
+    if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2:
+        got = tuple(teacher_logits.shape) if isinstance(teacher_logits, torch.Tensor) else type(teacher_logits).__name__
+        raise ValueError(f"teacher_logits must be a tensor of shape [N, C]; got {got}")
 
     def loss(outputs, batch: dict) -> torch.Tensor:
         logits = outputs.logits
         cached = teacher_logits[batch["row"]].to(logits.device, logits.dtype)
-        return distillation_loss(logits, cached, batch["labels"].to(logits.device), temperature, alpha)
+        return criterion(logits, cached, batch["labels"].to(logits.device), temperature, alpha)
 
     loss.needs_hidden_states = False
     return loss

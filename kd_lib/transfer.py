@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from kd_lib.distill import kd_from_cache
 from kd_lib.losses import check_alpha, check_temperature, distillation_loss, kd_loss
 
 __all__ = ["WITHHELD", "few_label_dataset", "kd_with_transfer", "labelled_transfer_split", "transfer_loss"]
@@ -160,15 +161,4 @@ def transfer_loss(
 def kd_with_transfer(teacher_logits: torch.Tensor, temperature: float = 2.0, alpha: float = 0.5):
     """A loss for :func:`kd_lib.distill.fit`: :func:`transfer_loss` against cached teacher
     logits ``[N, C]`` (aligned with the dataset's rows, looked up by ``batch["row"]``)."""
-    temperature, alpha = check_temperature(temperature), check_alpha(alpha)
-    if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2:
-        got = tuple(teacher_logits.shape) if isinstance(teacher_logits, torch.Tensor) else type(teacher_logits).__name__
-        raise ValueError(f"teacher_logits must be a tensor of shape [N, C]; got {got}")
-
-    def loss(outputs, batch: dict) -> torch.Tensor:
-        logits = outputs.logits
-        cached = teacher_logits[batch["row"]].to(logits.device, logits.dtype)
-        return transfer_loss(logits, cached, batch["labels"].to(logits.device), temperature, alpha)
-
-    loss.needs_hidden_states = False
-    return loss
+    return kd_from_cache(teacher_logits, temperature, alpha, criterion=transfer_loss)
