@@ -236,7 +236,11 @@ def run(
         state.finish(
             "teacher",
             {
-                "accuracy": evaluate_accuracy(teacher, held_out, device=device),
+                # fine-tuning already evaluated on the whole held-out split: reuse it
+                "accuracy": teacher_info["accuracy"]
+                if config.eval_limit is None and "accuracy" in teacher_info
+                and teacher_info.get("recipe", {}).get("max_length") == config.max_length
+                else evaluate_accuracy(teacher, held_out, device=device),
                 "folder": teacher_info["folder"],
                 "from_cache": bool(teacher_info.get("from_cache")),
                 "finetune_wall_s": teacher_info.get("wall_s"),
