@@ -3,7 +3,8 @@
 The loop is the same whatever is trained: the *loss* is a parameter. ``ce_loss()`` fine-tunes
 a teacher (or trains the CE-only baseline); ``kd_from_cache(...)`` distils from teacher
 logits computed once; ``kd_online(...)`` runs the teacher alongside the student (needed for
-hidden-state losses, whose teacher features are too large to cache).
+hidden-state losses, whose teacher features are too large to cache); ``FeatureDistillLoss``
+adds hidden-state and attention terms with named weights and logs each term.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_lib.data import EncodedDataset
-from kd_lib.losses import check_alpha, check_temperature, distillation_loss
+from kd_lib.losses import (
+    attention_loss,
+    check_alpha,
+    check_temperature,
+    distillation_loss,
+    hidden_state_loss,
+    kd_loss,
+    layer_map,
+)
 
 __all__ = [
+    "FeatureDistillLoss",
     "LossFn",
     "TrainSettings",
     "accuracy",
@@ -80,11 +90,15 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, steps_per_epoch: i
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def _forward(model: nn.Module, batch: dict, device: torch.device, hidden_states: bool = False):
+def _forward(
+    model: nn.Module, batch: dict, device: torch.device, hidden_states: bool = False, attentions: bool = False
+):
+    extra = {"output_attentions": True} if attentions else {}
     return model(
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
         output_hidden_states=hidden_states,
+        **extra,
     )
 
 
@@ -162,6 +176,134 @@ def kd_online(
     return loss
 
 
+def _width(model: nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.dim)
+
+
+def _freeze(teacher: nn.Module) -> None:
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+
+class FeatureDistillLoss(nn.Module):
+    """Logit KD plus hidden-state and attention matching, with named weights; logs every term.
+
+    ``total = w_logits * (alpha * kd + (1 - alpha) * ce) + w_hidden * hidden + w_attention * attention``
+
+    where ``kd`` is :func:`~kd_lib.losses.kd_loss` at ``temperature``, ``ce`` the hard-label
+    cross-entropy, ``hidden`` the mean of :func:`~kd_lib.losses.hidden_state_loss` over the mapped
+    layer pairs (through a learnable ``nn.Linear`` per pair when the widths differ) and
+    ``attention`` the mean of :func:`~kd_lib.losses.attention_loss` over the same pairs.
+
+    It is a loss function for :func:`fit` (``loss(outputs, batch)``) and an ``nn.Module``: its
+    projections are trained with the student (``fit`` adds them to the optimizer and checkpoint).
+    The teacher runs in eval mode under ``no_grad`` with frozen parameters; it is not a submodule,
+    so it is neither trained nor saved with the loss. The student is only read for its shape.
+
+    Each training call appends ``{"total", "ce", "kd", "hidden", "attention"}`` (floats, terms
+    with weight 0 are not computed and logged as 0.0) to ``self.history``.
+
+    Args:
+        teacher: the teacher (BERT-like, ``output_hidden_states``/``output_attentions`` capable).
+        student: the student; its layer count, width and heads decide the mapping and projections.
+        layers: a :func:`~kd_lib.losses.layer_map` strategy: ``"uniform"``, ``"last"`` or a list
+            of teacher layers, one per student layer.
+        weights: any of ``{"logits", "hidden", "attention"}`` -> weight ``>= 0`` (missing: logits 1,
+            others 0).
+        hidden_kind: ``"mse"`` or ``"cosine"``; attention_kind: ``"kl"`` or ``"mse"``.
+        include_embeddings: also match the embedding outputs (``hidden_states[0]``), as TinyBERT does.
+    """
+
+    TERMS = ("logits", "hidden", "attention")
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        *,
+        layers: str | list[int] = "uniform",
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        weights: dict[str, float] | None = None,
+        hidden_kind: str = "mse",
+        attention_kind: str = "kl",
+        include_embeddings: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.temperature, self.alpha = check_temperature(temperature), check_alpha(alpha)
+        weights = dict(weights or {})
+        unknown = set(weights) - set(self.TERMS)
+        if unknown:
+            raise ValueError(f"weights has unknown terms {sorted(unknown)}; use {list(self.TERMS)}")
+        self.weights = {"logits": 1.0, "hidden": 0.0, "attention": 0.0} | {k: float(v) for k, v in weights.items()}
+        if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
+            raise ValueError(f"weights must be >= 0 and not all 0; got {self.weights}")
+        if hidden_kind not in {"mse", "cosine"} or attention_kind not in {"kl", "mse"}:
+            raise ValueError(f"hidden_kind must be 'mse'/'cosine' and attention_kind 'kl'/'mse'; "
+                             f"got {hidden_kind!r}, {attention_kind!r}")
+        self.hidden_kind, self.attention_kind = hidden_kind, attention_kind
+        self.pairs = layer_map(student, teacher, layers)
+        self.hidden_pairs = ([(0, 0)] if include_embeddings else []) + self.pairs
+        self.teacher = [teacher]  # a list keeps it out of this module's parameters and state_dict
+        _freeze(teacher)
+        if self.weights["attention"] > 0:
+            for model in (teacher, student):  # only the eager implementation returns attention maps
+                model.set_attn_implementation("eager")
+        s_width, t_width = _width(student), _width(teacher)
+        torch.manual_seed(seed)
+        self.projections = nn.ModuleList(
+            nn.Linear(s_width, t_width) for _ in self.hidden_pairs if s_width != t_width and self.weights["hidden"] > 0
+        )
+        self.needs_hidden_states = self.weights["hidden"] > 0
+        self.needs_attentions = self.weights["attention"] > 0
+        self.history: list[dict[str, float]] = []
+
+    def forward(self, outputs, batch: dict) -> torch.Tensor:
+        logits = outputs.logits
+        device = logits.device
+        labels = batch["labels"].to(device)
+        mask = batch["attention_mask"].to(device)
+        teacher = self.teacher[0]
+        with torch.no_grad():
+            t_out = _forward(teacher.to(device), batch, device, self.needs_hidden_states, self.needs_attentions)
+        zero = logits.new_zeros(())
+        terms = {"ce": F.cross_entropy(logits, labels), "kd": zero, "hidden": zero, "attention": zero}
+        if self.weights["logits"] > 0 and self.alpha > 0:
+            terms["kd"] = kd_loss(logits, t_out.logits, self.temperature)
+        if self.needs_hidden_states:
+            if outputs.hidden_states is None:
+                raise ValueError("the student returned no hidden states: call it with output_hidden_states=True")
+            terms["hidden"] = torch.stack([
+                hidden_state_loss(outputs.hidden_states[i], t_out.hidden_states[j], mask, self.hidden_kind,
+                                  self.projections[k] if len(self.projections) else None)
+                for k, (i, j) in enumerate(self.hidden_pairs)
+            ]).mean()
+        if self.needs_attentions:
+            if not outputs.attentions:
+                raise ValueError(
+                    "the student returned no attention maps: call model.set_attn_implementation('eager') "
+                    "and run it with output_attentions=True"
+                )
+            terms["attention"] = torch.stack([
+                attention_loss(outputs.attentions[i - 1], t_out.attentions[j - 1], mask, self.attention_kind,
+                               heads="match" if outputs.attentions[0].shape[1] == t_out.attentions[0].shape[1]
+                               else "average")
+                for i, j in self.pairs
+            ]).mean()
+        w = self.weights
+        total = (
+            w["logits"] * (self.alpha * terms["kd"] + (1 - self.alpha) * terms["ce"])
+            + w["hidden"] * terms["hidden"]
+            + w["attention"] * terms["attention"]
+        )
+        if self.training:
+            self.history.append({"total": total.item()} | {k: v.item() for k, v in terms.items()})
+        return total
+
+
 def train_epoch(
     model: nn.Module,
     data: EncodedDataset,
@@ -186,16 +328,23 @@ def train_epoch(
 
     device = torch.device(device)
     model.to(device).train()
+    params = list(model.parameters())
+    if isinstance(loss_fn, nn.Module):  # a loss with trainable parts (e.g. projections) trains with the model
+        loss_fn.to(device).train()
+        params += list(loss_fn.parameters())
     total, count = 0.0, 0
     batches = data.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        outputs = _forward(model, batch, device, getattr(loss_fn, "needs_hidden_states", False))
+        outputs = _forward(
+            model, batch, device, getattr(loss_fn, "needs_hidden_states", False),
+            getattr(loss_fn, "needs_attentions", False),
+        )
         loss = loss_fn(outputs, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}: lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         scheduler.step()
         n = batch["labels"].shape[0]
@@ -288,13 +437,18 @@ def fit(
     """
     from pathlib import Path
 
-    model.to(torch.device(device))  # before the optimizer, so its state lives on the same device
-    optimizer, scheduler = make_optimizer(model, settings, steps_per_epoch(len(data), settings.batch_size))
+    # A loss with trainable parts (FeatureDistillLoss's projections) is optimised and checkpointed
+    # together with the model.
+    trained = model
+    if isinstance(loss_fn, nn.Module) and any(True for _ in loss_fn.parameters()):
+        trained = nn.ModuleDict({"model": model, "loss": loss_fn})
+    trained.to(torch.device(device))  # before the optimizer, so its state lives on the same device
+    optimizer, scheduler = make_optimizer(trained, settings, steps_per_epoch(len(data), settings.batch_size))
     history: list[float] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -307,5 +461,5 @@ def fit(
         )
         history.append(loss)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, scheduler, epoch + 1, history)
+            _save_checkpoint(checkpoint, trained, optimizer, scheduler, epoch + 1, history)
     return history

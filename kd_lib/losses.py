@@ -13,16 +13,21 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Real
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
+    "attention_loss",
     "check_alpha",
     "check_temperature",
     "distillation_loss",
+    "hidden_state_loss",
     "kd_loss",
+    "layer_map",
     "softmax_t",
 ]
 
@@ -211,3 +216,202 @@ def distillation_loss(
         student_logits.reshape(-1, num_classes), labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
     return alpha * soft + (1.0 - alpha) * hard
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature-based losses: matching what happens *inside* the models (FitNets, PKD, TinyBERT, MiniLM)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_features(name: str, t: torch.Tensor, dims: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a floating-point tensor; got {got}")
+    if t.dim() not in dims:
+        shapes = " or ".join({2: "[B, D]", 3: "[B, L, D]", 4: "[B, H, L, L]"}[d] for d in dims)
+        raise ValueError(f"{name} must have shape {shapes}; got {tuple(t.shape)}")
+
+
+def _token_mask(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """The ``[B, L]`` boolean mask of real tokens (all True when ``mask`` is None)."""
+    if mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (batch, length):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a tensor of shape [B, L] = {(batch, length)} (the attention mask); got {got}")
+    mask = mask.to(device=device, dtype=torch.bool)
+    if not mask.any():
+        raise ValueError("mask selects no position (all zeros): there is nothing to average over")
+    return mask
+
+
+def hidden_state_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "mse",
+    projection: nn.Module | None = None,
+) -> torch.Tensor:
+    """Distance between student and teacher representations (FitNets, PKD, TinyBERT, DistilBERT).
+
+    Args:
+        student_hidden: ``[B, L, D_s]`` token states of one student layer, or ``[B, D_s]``
+            (e.g. sentence embeddings).
+        teacher_hidden: ``[B, L, D_t]`` (or ``[B, D_t]``) of the matched teacher layer; detached.
+        mask: for ``[B, L, D]`` inputs, ``[B, L]`` (bool or 0/1) marking real tokens; padding is
+            excluded from the average. ``None``: every position counts.
+        kind: ``"mse"`` -- mean squared error over the unmasked positions *and* the ``D_t``
+            features (the value of ``nn.MSELoss()`` on the selected rows, as TinyBERT uses);
+            ``"cosine"`` -- mean of ``1 - cos(h_s, h_t)`` over unmasked positions (DistilBERT's
+            cosine embedding loss), which ignores the vectors' lengths.
+        projection: a module mapping ``D_s -> D_t`` (typically a learnable ``nn.Linear``, whose
+            parameters must be trained with the student), required when the widths differ.
+
+    Returns:
+        A 0-dim tensor (mse: squared units of the hidden states; cosine: in ``[0, 2]``).
+    """
+    if kind not in {"mse", "cosine"}:
+        raise ValueError(f"kind must be 'mse' or 'cosine'; got {kind!r}")
+    _check_features("student_hidden", student_hidden, (2, 3))
+    _check_features("teacher_hidden", teacher_hidden, (2, 3))
+    if projection is not None:
+        student_hidden = projection(student_hidden)
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError(
+            "student_hidden and teacher_hidden must agree in every dimension but the last (batch and sequence "
+            f"length); got {tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}"
+        )
+    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+        raise ValueError(
+            f"hidden widths differ: student {student_hidden.shape[-1]}, teacher {teacher_hidden.shape[-1]}; pass "
+            f"projection=nn.Linear({student_hidden.shape[-1]}, {teacher_hidden.shape[-1]}) (trained with the student)"
+        )
+    teacher_hidden = teacher_hidden.detach()
+    if student_hidden.dim() == 3:
+        keep = _token_mask(mask, *student_hidden.shape[:2], student_hidden.device)
+        student_hidden, teacher_hidden = student_hidden[keep], teacher_hidden[keep]
+    elif mask is not None:
+        raise ValueError("mask is only for token-level inputs [B, L, D]; pass mask=None for [B, D]")
+    if kind == "mse":
+        return F.mse_loss(student_hidden, teacher_hidden)
+    return (1.0 - F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)).mean()
+
+
+def attention_loss(
+    student_attn: torch.Tensor,
+    teacher_attn: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    kind: str = "kl",
+    heads: str = "match",
+) -> torch.Tensor:
+    """Attention transfer: make the student attend where the teacher attends.
+
+    Inputs are attention *probabilities* (what ``output_attentions=True`` returns: each row
+    sums to 1 over the keys).
+
+    Args:
+        student_attn: ``[B, H_s, L, L]`` of one student layer.
+        teacher_attn: ``[B, H_t, L, L]`` of the matched teacher layer; detached.
+        mask: ``[B, L]`` real-token mask. Padded *queries* are left out of the average; padded
+            *keys* carry (almost) no probability in either model and are left out too.
+        kind: ``"kl"`` -- ``KL(teacher row || student row)`` summed over keys, averaged over
+            heads and real queries (MiniLM's self-attention distribution transfer);
+            ``"mse"`` -- squared error averaged over heads and real (query, key) pairs
+            (TinyBERT's attention loss, here on probabilities rather than raw scores).
+        heads: ``"match"`` compares head h with head h (needs ``H_s == H_t``); ``"average"``
+            first averages each model's heads, so students with fewer heads can learn too.
+
+    Returns:
+        A 0-dim tensor (nats for ``"kl"``).
+    """
+    if kind not in {"kl", "mse"}:
+        raise ValueError(f"kind must be 'kl' or 'mse'; got {kind!r}")
+    if heads not in {"match", "average"}:
+        raise ValueError(f"heads must be 'match' or 'average'; got {heads!r}")
+    _check_features("student_attn", student_attn, (4,))
+    _check_features("teacher_attn", teacher_attn, (4,))
+    (b, h_s, length, length2), h_t = student_attn.shape, teacher_attn.shape[1]
+    if length != length2 or teacher_attn.shape[0] != b or teacher_attn.shape[2:] != student_attn.shape[2:]:
+        raise ValueError(
+            "student_attn and teacher_attn must both be [B, H, L, L] with the same B and L; got "
+            f"{tuple(student_attn.shape)} and {tuple(teacher_attn.shape)}"
+        )
+    teacher_attn = teacher_attn.detach()
+    if heads == "average":
+        student_attn, teacher_attn = student_attn.mean(1, keepdim=True), teacher_attn.mean(1, keepdim=True)
+    elif h_s != h_t:
+        raise ValueError(f"the student has {h_s} heads and the teacher {h_t}: pass heads='average'")
+    keep = _token_mask(mask, b, length, student_attn.device)
+    keys = keep[:, None, None, :]  # [B, 1, 1, L]
+    n_heads = student_attn.shape[1]
+    n_queries = keep.sum() * n_heads  # real (example, head, query) rows
+    if kind == "kl":
+        # sum over real keys of p_t * (log p_t - log p_s); xlogy makes 0 * log 0 = 0, and the
+        # clamp keeps a student probability that underflowed to 0 from producing inf * 0.
+        p_t = teacher_attn * keys
+        row = (torch.xlogy(p_t, p_t) - p_t * student_attn.clamp_min(1e-12).log()).sum(-1)  # [B, H, L]
+        return (row * keep[:, None, :]).sum() / n_queries
+    pairs = keep[:, None, :, None] & keys  # [B, 1, L, L]
+    diff2 = (student_attn - teacher_attn).pow(2) * pairs
+    return diff2.sum() / (pairs.sum() * n_heads)
+
+
+def _num_layers(model_or_count, name: str) -> int:
+    if isinstance(model_or_count, int) and not isinstance(model_or_count, bool):
+        n = model_or_count
+    else:
+        cfg = getattr(model_or_count, "config", None)
+        n = next((getattr(cfg, a) for a in ("num_hidden_layers", "n_layers", "n_layer") if hasattr(cfg, a)), None)
+        if n is None:
+            raise ValueError(
+                f"{name} must be a layer count or a transformers model with a config; got {model_or_count!r}"
+            )
+    if n < 1:
+        raise ValueError(f"{name} must have at least one layer; got {n}")
+    return int(n)
+
+
+def layer_map(
+    student,
+    teacher,
+    strategy: str | Sequence[int] = "uniform",
+) -> list[tuple[int, int]]:
+    """Which teacher layer each student layer learns from, as ``(student_layer, teacher_layer)``.
+
+    Layers are numbered 1..N, which is also their index into ``outputs.hidden_states`` (index 0
+    is the embedding output); the attention of layer ``l`` is ``outputs.attentions[l - 1]``.
+
+    Args:
+        student, teacher: layer counts, or models (their ``config`` gives the count).
+        strategy:
+            ``"uniform"`` -- student layer ``i`` learns from teacher layer ``i * T // S``: evenly
+            spaced, the last to the last (TinyBERT; PKD-skip's "every k-th layer").
+            ``"last"`` -- the teacher's last ``S`` layers (PKD-last).
+            a list of ``S`` teacher layers, e.g. ``[2, 4, 6]`` -- any explicit choice.
+
+    Returns:
+        ``S`` pairs ``(i, j)`` with ``1 <= i <= S`` and ``1 <= j <= T``.
+    """
+    s, t = _num_layers(student, "student"), _num_layers(teacher, "teacher")
+    if s > t:
+        raise ValueError(f"the student has more layers ({s}) than the teacher ({t}): map a subset of the student's")
+    if isinstance(strategy, str):
+        if strategy == "uniform":
+            targets = [i * t // s for i in range(1, s + 1)]
+        elif strategy == "last":
+            targets = list(range(t - s + 1, t + 1))
+        else:
+            raise ValueError(f"strategy must be 'uniform', 'last' or a list of teacher layers; got {strategy!r}")
+    else:
+        targets = [int(j) for j in strategy]
+        if len(targets) != s:
+            raise ValueError(
+                f"an explicit strategy lists one teacher layer per student layer: {s} needed, got {targets}"
+            )
+        bad = [j for j in targets if not 1 <= j <= t]
+        if bad:
+            raise ValueError(
+                f"teacher layers {bad} do not exist: the teacher's layers are 1..{t} (hidden_states[1..{t}]; "
+                "hidden_states[0] is the embedding output, not a layer)"
+            )
+    return list(zip(range(1, s + 1), targets, strict=True))
