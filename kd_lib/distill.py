@@ -4,7 +4,8 @@ The loop is the same whatever is trained: the *loss* is a parameter. ``ce_loss()
 a teacher (or trains the CE-only baseline); ``kd_from_cache(...)`` distils from teacher
 logits computed once; ``kd_online(...)`` runs the teacher alongside the student (needed for
 hidden-state losses, whose teacher features are too large to cache); ``FeatureDistillLoss``
-adds hidden-state and attention terms with named weights and logs each term.
+adds hidden-state and attention terms with named weights and logs each term, with a live
+teacher or with ``CachedTeacherFeatures`` (the teacher's features computed once per dataset).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ from kd_lib.losses import (
 )
 
 __all__ = [
+    "CachedTeacherFeatures",
     "FeatureDistillLoss",
     "LossFn",
     "TrainSettings",
@@ -176,6 +179,90 @@ def kd_online(
     return loss
 
 
+class CachedTeacherFeatures:
+    """A teacher's outputs on every row of a dataset, computed once and looked up per batch.
+
+    Re-running the teacher every epoch costs as much as a forward pass of the student; for
+    feature losses its hidden states are too big to keep in full, but the *mapped* layers at the
+    *real* tokens are not: ``rows x tokens x width x layers`` half-precision numbers (about 10 kB per
+    SST-2 sentence and layer at width 384). Attention maps are stored averaged over heads
+    (``[L, L]`` per layer), which is what a student with a different head count is compared with.
+
+    Use it in place of the teacher in :class:`FeatureDistillLoss`. The loader's shuffling
+    cannot misalign it: lookups go through ``batch["row"]``.
+
+    Args:
+        teacher: the teacher model (run once, in eval mode, under ``no_grad``).
+        data: the dataset the student will be trained on (same tokenizer and ``max_length``).
+        hidden_layers: teacher layers whose hidden states to keep (``0`` = embedding output).
+        attention_layers: teacher layers (1..T) whose head-averaged attention to keep.
+        dtype: storage precision (``float16`` halves the memory; lookups return float32).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        data: EncodedDataset,
+        hidden_layers: list[int] = (),
+        attention_layers: list[int] = (),
+        *,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float16,
+        progress: bool = False,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        n_layers = teacher.config.num_hidden_layers
+        bad = [j for j in hidden_layers if not 0 <= j <= n_layers] + [j for j in attention_layers
+                                                                       if not 1 <= j <= n_layers]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist in a {n_layers}-layer teacher (hidden 0..{n_layers}, "
+                             f"attention 1..{n_layers})")
+        self.config = SimpleNamespace(hidden_size=_width(teacher), num_hidden_layers=n_layers)
+        self.hidden_layers, self.attention_layers = list(hidden_layers), list(attention_layers)
+        _freeze(teacher)
+        if self.attention_layers:
+            teacher.set_attn_implementation("eager")
+        device = torch.device(device)
+        teacher.to(device)
+        logits, hidden, attn = [], {j: [] for j in self.hidden_layers}, {j: [] for j in self.attention_layers}
+        with torch.no_grad():
+            for batch in tqdm(data.loader(batch_size), desc="teacher features", disable=not progress, leave=False):
+                out = _forward(teacher, batch, device, bool(self.hidden_layers), bool(self.attention_layers))
+                logits.append(out.logits.float().cpu())
+                for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+                    for j in self.hidden_layers:
+                        hidden[j].append(out.hidden_states[j][i, :n].to("cpu", dtype))
+                    for j in self.attention_layers:
+                        attn[j].append(out.attentions[j - 1][i].mean(0)[:n, :n].to("cpu", dtype))
+        self.logits, self.hidden, self.attn = torch.cat(logits), hidden, attn
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached features, in bytes."""
+        tensors = [self.logits, *(t for rows in (*self.hidden.values(), *self.attn.values()) for t in rows)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def lookup(self, batch: dict, device: torch.device) -> SimpleNamespace:
+        """Teacher outputs for ``batch``, zero-padded to its length: ``logits [B, C]``,
+        ``hidden_states[j]`` ``[B, L, D]`` and ``attentions[j - 1]`` ``[B, 1, L, L]`` (float32)."""
+        rows, length = batch["row"].tolist(), batch["input_ids"].shape[1]
+
+        def pad(pieces: list[torch.Tensor], square: bool) -> torch.Tensor:
+            shape = (len(pieces), length, length) if square else (len(pieces), length, pieces[0].shape[-1])
+            out = torch.zeros(shape)
+            for i, p in enumerate(pieces):
+                out[i, : p.shape[0], : p.shape[1]] = p
+            return out.to(device)
+
+        return SimpleNamespace(
+            logits=self.logits[rows].to(device),
+            hidden_states={j: pad([h[r] for r in rows], False) for j, h in self.hidden.items()},
+            attentions={j - 1: pad([a[r] for r in rows], True)[:, None] for j, a in self.attn.items()},
+        )
+
+
 def _width(model: nn.Module) -> int:
     cfg = model.config
     return int(getattr(cfg, "hidden_size", None) or cfg.dim)
@@ -206,7 +293,8 @@ class FeatureDistillLoss(nn.Module):
     with weight 0 are not computed and logged as 0.0) to ``self.history``.
 
     Args:
-        teacher: the teacher (BERT-like, ``output_hidden_states``/``output_attentions`` capable).
+        teacher: the teacher (BERT-like, ``output_hidden_states``/``output_attentions`` capable),
+            or its :class:`CachedTeacherFeatures` for the training data.
         student: the student; its layer count, width and heads decide the mapping and projections.
         layers: a :func:`~kd_lib.losses.layer_map` strategy: ``"uniform"``, ``"last"`` or a list
             of teacher layers, one per student layer.
@@ -248,9 +336,18 @@ class FeatureDistillLoss(nn.Module):
         self.pairs = layer_map(student, teacher, layers)
         self.hidden_pairs = ([(0, 0)] if include_embeddings else []) + self.pairs
         self.teacher = [teacher]  # a list keeps it out of this module's parameters and state_dict
-        _freeze(teacher)
-        if self.weights["attention"] > 0:
-            for model in (teacher, student):  # only the eager implementation returns attention maps
+        cached = isinstance(teacher, CachedTeacherFeatures)
+        if cached:
+            need_h = {j for _, j in self.hidden_pairs} if self.weights["hidden"] else set()
+            need_a = {j for _, j in self.pairs} if self.weights["attention"] else set()
+            missing = sorted(need_h - set(teacher.hidden)) + sorted(need_a - set(teacher.attn))
+            if missing:
+                raise ValueError(f"the cached teacher features lack layers {missing}: build CachedTeacherFeatures "
+                                 "with every layer the mapping uses")
+        else:
+            _freeze(teacher)
+        if self.weights["attention"] > 0:  # only the eager implementation returns attention maps
+            for model in (student,) if cached else (teacher, student):
                 model.set_attn_implementation("eager")
         s_width, t_width = _width(student), _width(teacher)
         torch.manual_seed(seed)
@@ -267,8 +364,11 @@ class FeatureDistillLoss(nn.Module):
         labels = batch["labels"].to(device)
         mask = batch["attention_mask"].to(device)
         teacher = self.teacher[0]
-        with torch.no_grad():
-            t_out = _forward(teacher.to(device), batch, device, self.needs_hidden_states, self.needs_attentions)
+        if isinstance(teacher, CachedTeacherFeatures):
+            t_out = teacher.lookup(batch, device)
+        else:
+            with torch.no_grad():
+                t_out = _forward(teacher.to(device), batch, device, self.needs_hidden_states, self.needs_attentions)
         zero = logits.new_zeros(())
         terms = {"ce": F.cross_entropy(logits, labels), "kd": zero, "hidden": zero, "attention": zero}
         if self.weights["logits"] > 0 and self.alpha > 0:
@@ -287,11 +387,10 @@ class FeatureDistillLoss(nn.Module):
                     "the student returned no attention maps: call model.set_attn_implementation('eager') "
                     "and run it with output_attentions=True"
                 )
+            pairs = [(outputs.attentions[i - 1], t_out.attentions[j - 1]) for i, j in self.pairs]
             terms["attention"] = torch.stack([
-                attention_loss(outputs.attentions[i - 1], t_out.attentions[j - 1], mask, self.attention_kind,
-                               heads="match" if outputs.attentions[0].shape[1] == t_out.attentions[0].shape[1]
-                               else "average")
-                for i, j in self.pairs
+                attention_loss(s, t, mask, self.attention_kind, "match" if s.shape[1] == t.shape[1] else "average")
+                for s, t in pairs
             ]).mean()
         w = self.weights
         total = (

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import save_tiny_bert
 from kd_lib.data import EncodedDataset, load_task
-from kd_lib.distill import FeatureDistillLoss, TrainSettings, fit, kd_online
+from kd_lib.distill import CachedTeacherFeatures, FeatureDistillLoss, TrainSettings, fit, kd_online
 from kd_lib.losses import attention_loss, hidden_state_loss, kd_loss, layer_map
 from kd_lib.students import distilbert_from_bert
 
@@ -269,3 +269,26 @@ def test_feature_loss_rejects_bad_settings(tmp_path):
         FeatureDistillLoss(teacher, student, alpha=2)
     with pytest.raises(ValueError, match="do not exist"):
         FeatureDistillLoss(teacher, student, layers=[1, 9])
+
+
+def test_cached_teacher_features_give_the_same_loss_as_the_live_teacher(tmp_path):
+    teacher, student = _tiny_pair(tmp_path, student_hidden=16)
+    data = _data(10)
+    cache = CachedTeacherFeatures(teacher, data, hidden_layers=[0, 2, 4], attention_layers=[2, 4],
+                                  batch_size=3, dtype=torch.float64)
+    assert cache.logits.shape == (10, 2) and len(cache.hidden[2]) == 10
+    assert cache.hidden[2][0].shape == (len(data.input_ids[0]), 32)
+    assert cache.nbytes == 4 * 20 + 8 * sum(3 * 32 * len(x) + 2 * len(x) ** 2 for x in data.input_ids)
+    weights = {"hidden": 1.0, "attention": 1.0}
+    live = FeatureDistillLoss(teacher, student, weights=weights, include_embeddings=True, seed=4)
+    from_cache = FeatureDistillLoss(cache, student, weights=weights, include_embeddings=True, seed=4)
+    student.eval()
+    batch = next(iter(data.loader(5, shuffle=True, seed=1)))  # shuffled rows: lookups go by batch["row"]
+    out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_hidden_states=True, output_attentions=True)
+    assert from_cache(out, batch).item() == pytest.approx(live(out, batch).item(), rel=1e-5)
+    assert from_cache.history[-1]["attention"] > 0
+    with pytest.raises(ValueError, match=r"lack layers \[1, 3\]"):
+        FeatureDistillLoss(cache, student, layers=[1, 3], weights={"hidden": 1.0})
+    with pytest.raises(ValueError, match=r"layers \[5\] do not exist"):
+        CachedTeacherFeatures(teacher, data, hidden_layers=[5])
