@@ -26,7 +26,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LAYER_MAP", "bert_to_distilbert_state_dict", "default_student_layers", "distilbert_from_bert"]
+__all__ = [
+    "LAYER_MAP",
+    "bert_to_distilbert_state_dict",
+    "default_student_layers",
+    "distilbert_from_bert",
+    "narrow_distilbert",
+]
 
 LAYER_MAP: dict[str, str] = {
     "attention.self.query": "attention.q_lin",
@@ -186,3 +192,48 @@ def distilbert_from_bert(
             raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
     student.train()
     return student
+
+
+def narrow_distilbert(
+    teacher: nn.Module,
+    n_layers: int = 3,
+    dim: int = 256,
+    n_heads: int = 4,
+    hidden_dim: int | None = None,
+    num_labels: int | None = None,
+    seed: int = 0,
+):
+    """A randomly initialised DistilBERT narrower than ``teacher`` (TinyBERT-style student).
+
+    It shares the teacher's vocabulary (so the teacher's tokenizer serves both) and maximum
+    length, but not its width: no teacher weight fits, so everything starts random, and
+    hidden-state losses need a projection (``kd_lib.losses.hidden_state_loss(projection=...)``).
+
+    Args:
+        teacher: a BERT teacher (or any model whose config has ``vocab_size`` and
+            ``max_position_embeddings``).
+        n_layers, dim, n_heads: depth, width and heads; ``dim`` must be divisible by ``n_heads``.
+        hidden_dim: feed-forward size; default ``4 * dim`` (as in BERT).
+        num_labels: default: the teacher's.
+        seed: seeds the initialisation.
+    """
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    for name, value in (("n_layers", n_layers), ("dim", dim), ("n_heads", n_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if dim % n_heads:
+        raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads}): each head gets dim / n_heads features")
+    cfg = teacher.config
+    config = DistilBertConfig(
+        vocab_size=cfg.vocab_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        dim=dim,
+        hidden_dim=hidden_dim or 4 * dim,
+        pad_token_id=cfg.pad_token_id,
+        num_labels=num_labels or cfg.num_labels,
+    )
+    torch.manual_seed(seed)
+    return DistilBertForSequenceClassification(config).train()

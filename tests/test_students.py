@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, DistilBertForSequenceClassification
 
 from kd_lib.models import load_teacher
-from kd_lib.students import LAYER_MAP, default_student_layers, distilbert_from_bert
+from kd_lib.students import LAYER_MAP, default_student_layers, distilbert_from_bert, narrow_distilbert
 
 SENTENCES = ["a gripping , funny and moving film that never lets up", "dull", "it 's not a bad movie , just long"]
 
@@ -106,3 +106,30 @@ def test_non_bert_teacher_is_rejected(teacher):
         distilbert_from_bert(student)
     with pytest.raises(ValueError, match="init must be"):
         distilbert_from_bert(teacher[0], init="zeros")
+
+
+def test_narrow_student_shapes_and_parameter_count(teacher):
+    teacher, _ = teacher
+    student = narrow_distilbert(teacher, n_layers=3, dim=256, n_heads=4, seed=0)
+    cfg = student.config
+    assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.hidden_dim) == (3, 256, 4, 1024)
+    assert cfg.vocab_size == teacher.config.vocab_size and cfg.num_labels == teacher.config.num_labels
+    v, p, d, f = cfg.vocab_size, cfg.max_position_embeddings, 256, 1024
+    layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d  # attention, FFN, 2 LayerNorms
+    expected = v * d + p * d + 2 * d + 3 * layer + (d * d + d) + (d * 2 + 2)
+    assert sum(x.numel() for x in student.parameters()) == expected
+    again = narrow_distilbert(teacher, n_layers=3, dim=256, n_heads=4, seed=0)
+    assert torch.equal(student.distilbert.embeddings.word_embeddings.weight,
+                       again.distilbert.embeddings.word_embeddings.weight)
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    assert student(input_ids=ids).logits.shape == (1, teacher.config.num_labels)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"dim": 250, "n_heads": 4}, "divisible by n_heads"), ({"n_layers": 0}, "n_layers must be a positive int")],
+)
+def test_narrow_student_bad_arguments(teacher, kwargs, message):
+    teacher, _ = teacher
+    with pytest.raises(ValueError, match=message):
+        narrow_distilbert(teacher, **kwargs)
