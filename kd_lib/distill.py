@@ -6,13 +6,21 @@ logits computed once; ``kd_online(...)`` runs the teacher alongside the student 
 hidden-state losses, whose teacher features are too large to cache); ``FeatureDistillLoss``
 adds hidden-state and attention terms with named weights and logs each term, with a live
 teacher or with ``CachedTeacherFeatures`` (the teacher's features computed once per dataset).
+
+``fit`` also scales up: gradient accumulation and mixed precision (``TrainSettings.grad_accum``,
+``TrainSettings.precision``), checkpoints every N optimizer steps that resume mid-epoch, and
+multi-process data parallelism (``fit(..., distributed=True)`` under ``torchrun``): every
+process sees the same shuffled global batches and computes its share of each.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -31,12 +39,14 @@ from kd_lib.losses import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "CachedTeacherFeatures",
     "FeatureDistillLoss",
     "LossFn",
     "TrainSettings",
     "accuracy",
     "ce_loss",
+    "check_precision",
     "evaluate_accuracy",
     "fit",
     "kd_from_cache",
@@ -44,15 +54,26 @@ __all__ = [
     "make_optimizer",
     "predict_logits",
     "train_epoch",
+    "warmup_linear_schedule",
 ]
 
 # A loss function receives the student's forward outputs and the batch and returns a 0-dim loss.
 LossFn = Callable[[object, dict], torch.Tensor]
 
+# Training precisions: float32, or mixed precision (autocast) in bfloat16 or float16 -- the latter two on CUDA GPUs.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings of one training run (AdamW with linear warm-up and decay)."""
+    """Optimisation settings of one training run (AdamW with linear warm-up and decay).
+
+    ``batch_size`` is the number of examples per optimizer step, however they are computed:
+    with ``grad_accum = k`` each step accumulates the gradients of ``k`` micro-batches, and with
+    ``P`` processes (``fit(..., distributed=True)``) each process computes ``1 / P`` of every
+    micro-batch -- the same steps, the same schedule and (up to float rounding) the same result.
+    ``precision`` is ``"fp32"``, or ``"bf16"`` / ``"fp16"`` mixed precision (CUDA GPUs only).
+    """
 
     epochs: int = 1
     lr: float = 5e-5
@@ -60,6 +81,8 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -70,6 +93,41 @@ class TrainSettings:
             raise ValueError(f"batch_size must be a positive int; got {self.batch_size!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio!r}")
+        if isinstance(self.grad_accum, bool) or not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be a positive int (micro-batches per step); got {self.grad_accum!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}: batch_size counts "
+                "the examples of one optimizer step, split into grad_accum equal micro-batches"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+
+
+def check_precision(precision: str, device: str | torch.device) -> str:
+    """Return ``precision`` if it can train on ``device``; else raise ``ValueError`` naming the fix.
+
+    Mixed precision (``"bf16"``, ``"fp16"``) is for CUDA GPUs: on a CPU, autocast to float16 is
+    slow or unsupported and bfloat16 gains nothing, so both are refused rather than silently ignored.
+    bfloat16 needs a GPU of compute capability 8.0 or newer (A100, H100, RTX 30xx and later).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "fp32":
+        return precision
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        gpu = "this machine has no CUDA GPU" if not torch.cuda.is_available() else "pass --device cuda"
+        raise ValueError(
+            f"--{precision} (mixed precision) needs a CUDA GPU and --device cuda, but the device is "
+            f"{device.type!r} ({gpu}): drop --{precision} to train in float32"
+        )
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"--bf16: {torch.cuda.get_device_name(device)} does not support bfloat16 (compute capability 8.0+ "
+            "needed); use --fp16 instead"
+        )
+    return precision
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings, steps_per_epoch: int):
@@ -83,14 +141,21 @@ def make_optimizer(model: nn.Module, settings: TrainSettings, steps_per_epoch: i
         lr=settings.lr,
     )
     total = max(1, settings.epochs * steps_per_epoch)
-    warmup = int(settings.warmup_ratio * total)
+    return optimizer, warmup_linear_schedule(optimizer, total, int(settings.warmup_ratio * total))
+
+
+def warmup_linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """The course's learning-rate schedule over ``total_steps`` optimizer steps: a linear warm-up over
+    the first ``warmup_steps`` (factor ``(step + 1) / (warmup + 1)``, so the first step already moves),
+    then a linear decay to 0 (factor ``(total - step) / (total - warmup)``)."""
+    total, warmup = max(1, total_steps), warmup_steps
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def _forward(
@@ -403,6 +468,28 @@ class FeatureDistillLoss(nn.Module):
         return total
 
 
+def _rank_world(model: nn.Module) -> tuple[int, int]:
+    """``(rank, world_size)`` of a model wrapped in ``DistributedDataParallel``; ``(0, 1)`` otherwise."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _part(batch: dict, parts: int, k: int) -> tuple[dict, int]:
+    """Rows of part ``k`` of a collated batch cut into ``parts`` near-equal slices (as ``torch.tensor_split``),
+    and how many rows it holds. An empty part is given the batch's first row (to be weighted 0)."""
+    n = batch["labels"].shape[0]
+    size, extra = divmod(n, parts)
+    start = k * size + min(k, extra)
+    stop = start + size + (k < extra)
+    count = stop - start
+    if count == 0:
+        start, stop = 0, 1
+    sliced = {key: v[start:stop] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+              for key, v in batch.items()}
+    return sliced, count
+
+
 def train_epoch(
     model: nn.Module,
     data: EncodedDataset,
@@ -417,38 +504,86 @@ def train_epoch(
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "train",
+    grad_accum: int = 1,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    skip_steps: int = 0,
+    loss_so_far: tuple[float, int] = (0.0, 0),
+    on_step: Callable[[int, float, int], None] | None = None,
 ) -> float:
     """Train ``model`` for one epoch over ``data`` (shuffled with ``seed + epoch``).
 
-    Returns the mean training loss. The shuffle order depends only on ``seed`` and ``epoch``,
-    so a run resumed at an epoch boundary sees the same batches as an uninterrupted one.
+    Returns the mean training loss per example. The shuffle order depends only on ``seed`` and
+    ``epoch``, so a run resumed at an epoch boundary sees the same batches as an uninterrupted one;
+    ``skip_steps`` (with ``loss_so_far``, the ``(sum of losses x examples, examples)`` of those steps)
+    resumes in the middle of the epoch, after the first ``skip_steps`` batches of the same order.
+
+    Each batch of ``batch_size`` examples is one optimizer step. It is cut into ``grad_accum x P``
+    near-equal parts, ``P`` being the number of processes when ``model`` is wrapped in
+    ``DistributedDataParallel``; this process computes parts ``i * P + rank`` (``i < grad_accum``),
+    each loss weighted by its share of the batch, so the averaged gradient is the whole batch's.
+    ``precision`` ``"bf16"``/``"fp16"`` runs forward and loss under ``torch.autocast`` (``fp16`` with
+    ``scaler``, a ``GradScaler``). ``on_step(steps_done, loss_sum, examples)`` is called after every
+    optimizer step (the hook for step checkpoints).
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     model.to(device).train()
     params = list(model.parameters())
+    loss_params: list[nn.Parameter] = []
     if isinstance(loss_fn, nn.Module):  # a loss with trainable parts (e.g. projections) trains with the model
         loss_fn.to(device).train()
-        params += list(loss_fn.parameters())
-    total, count = 0.0, 0
+        loss_params = list(loss_fn.parameters())
+        params += loss_params
+    rank, world = _rank_world(model)
+    parts = world * grad_accum
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    total, count = loss_so_far
     batches = data.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch)
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        outputs = _forward(
-            model, batch, device, getattr(loss_fn, "needs_hidden_states", False),
-            getattr(loss_fn, "needs_attentions", False),
-        )
-        loss = loss_fn(outputs, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}: lower the learning rate")
+    remaining = itertools.islice(batches, skip_steps, None)
+    bar = tqdm(remaining, desc=desc, disable=not progress, leave=False, initial=skip_steps,
+               total=len(batches) if hasattr(batches, "__len__") else None)
+    for step, batch in enumerate(bar, start=skip_steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        n_batch = batch["labels"].shape[0]
+        for i in range(grad_accum):
+            part, n = (batch, n_batch) if parts == 1 else _part(batch, parts, i * world + rank)
+            last = i == grad_accum - 1
+            sync = model.no_sync() if world > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    outputs = _forward(
+                        model, part, device, getattr(loss_fn, "needs_hidden_states", False),
+                        getattr(loss_fn, "needs_attentions", False),
+                    )
+                    loss = loss_fn(outputs, part)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}: lower the learning rate")
+                weighted = loss if parts == 1 else loss * (world * n / n_batch)
+                (scaler.scale(weighted) if scaler is not None else weighted).backward()
+            total += loss.item() * n
+            count += n
+        if world > 1:  # DDP averages the model's gradients; a loss's own parameters are averaged here
+            for p in loss_params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
-        n = batch["labels"].shape[0]
-        total += loss.item() * n
-        count += n
+        if on_step is not None:
+            on_step(step, total, count)
+    if world > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        total, count = sums.tolist()
     return total / max(1, count)
 
 
@@ -495,7 +630,35 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
     return math.ceil(n_examples / batch_size)
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, epochs_done: int, history: list[float]) -> None:
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state (dropout masks come from it): CPU, and the GPU's when on CUDA."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _save_checkpoint(
+    path,
+    model,
+    optimizer,
+    scheduler,
+    epochs_done: int,
+    history: list[float],
+    *,
+    rng: list[dict[str, torch.Tensor]],
+    steps_done: int = 0,
+    loss_so_far: tuple[float, int] = (0.0, 0),
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Write a checkpoint atomically: after ``epochs_done`` whole epochs and ``steps_done`` optimizer
+    steps of the next one, with the random state of every process (``rng[rank]``)."""
     import io
 
     from kd_lib.utils import atomic_write_bytes
@@ -504,10 +667,14 @@ def _save_checkpoint(path, model, optimizer, scheduler, epochs_done: int, histor
     torch.save(
         {
             "epochs_done": epochs_done,
+            "steps_done": steps_done,
+            "loss_so_far": list(loss_so_far),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "torch_rng": rng[0]["cpu"],
+            "rng": rng,
             "history": history,
         },
         buffer,
@@ -526,39 +693,90 @@ def fit(
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "train",
+    checkpoint_every: int | None = None,
+    distributed: bool = False,
 ) -> list[float]:
     """Train for ``settings.epochs`` epochs; return the mean loss of each epoch.
 
-    With ``checkpoint`` (a file path), the model, optimizer, schedule and RNG state are saved
-    atomically after every epoch, and a later call with the same path resumes after the last
-    completed epoch -- an interruption loses at most the epoch in progress, and the resumed
-    run sees the same batches as an uninterrupted one.
-    """
-    from pathlib import Path
+    With ``checkpoint`` (a file path), the model, optimizer, schedule and random state are saved
+    atomically after every epoch -- and, with ``checkpoint_every = N``, after every ``N`` optimizer
+    steps -- and a later call with the same path resumes from the last one: an interruption loses
+    at most the steps since, and the resumed run sees the same batches and dropout masks as an
+    uninterrupted one (identical results on a CPU).
 
+    With ``distributed=True`` (``torch.distributed`` initialised, e.g. under ``torchrun``) the model
+    is wrapped in ``DistributedDataParallel`` and each process computes its share of every batch
+    (see :func:`train_epoch`); only rank 0 writes the checkpoint, which every process reads on resume
+    (keep it on a file system they share). Every process must call ``fit`` with the same arguments.
+    """
+    device = torch.device(device)
+    check_precision(settings.precision, device)
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive int (optimizer steps) or None; got {checkpoint_every!r}")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError(f"checkpoint_every={checkpoint_every} needs checkpoint= (the file to write)")
+    if distributed and not torch.distributed.is_initialized():
+        raise ValueError("distributed=True needs torch.distributed initialised (run under torchrun); "
+                         "or pass distributed=False")
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     # A loss with trainable parts (FeatureDistillLoss's projections) is optimised and checkpointed
     # together with the model.
     trained = model
     if isinstance(loss_fn, nn.Module) and any(True for _ in loss_fn.parameters()):
         trained = nn.ModuleDict({"model": model, "loss": loss_fn})
-    trained.to(torch.device(device))  # before the optimizer, so its state lives on the same device
-    optimizer, scheduler = make_optimizer(trained, settings, steps_per_epoch(len(data), settings.batch_size))
+    trained.to(device)  # before the optimizer, so its state lives on the same device
+    per_epoch = steps_per_epoch(len(data), settings.batch_size)
+    optimizer, scheduler = make_optimizer(trained, settings, per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
     history: list[float] = []
-    start = 0
+    start, skip, so_far = 0, 0, (0.0, 0)
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rngs = state.get("rng") or [{"cpu": state["torch_rng"]}]  # epoch checkpoints of earlier versions
+        _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0], device)
         start, history = state["epochs_done"], list(state["history"])
+        skip = state.get("steps_done", 0)
+        if rank == 0:  # the loss sums of a partly done epoch are the whole batch's: rank 0 carries them
+            so_far = tuple(state.get("loss_so_far", (0.0, 0)))
+    runner = model
+    if distributed:
+        gpus = None
+        if device.type == "cuda":
+            gpus = [device.index if device.index is not None else torch.cuda.current_device()]
+        runner = nn.parallel.DistributedDataParallel(model, device_ids=gpus)
+
+    def save(epochs_done: int, steps_done: int = 0, loss_sum: float = 0.0, examples: int = 0) -> None:
+        rng = [_rng_state(device)]
+        if distributed:
+            rng = [None] * world
+            torch.distributed.all_gather_object(rng, _rng_state(device))
+            sums = torch.tensor([loss_sum, examples], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(sums)
+            loss_sum, examples = sums.tolist()
+        if rank == 0:
+            _save_checkpoint(checkpoint, trained, optimizer, scheduler, epochs_done, history, rng=rng,
+                             steps_done=steps_done, loss_so_far=(loss_sum, examples), scaler=scaler)
+
     for epoch in range(start, settings.epochs):
+
+        def on_step(step: int, loss_sum: float, examples: int, epoch: int = epoch) -> None:
+            if checkpoint is not None and (epoch * per_epoch + step) % checkpoint_every == 0 and step < per_epoch:
+                save(epoch, step, loss_sum, examples)
+
         loss = train_epoch(
-            model, data, loss_fn, optimizer, scheduler, batch_size=settings.batch_size, seed=seed, epoch=epoch,
-            max_grad_norm=settings.max_grad_norm, device=device, progress=progress,
-            desc=f"{desc} epoch {epoch + 1}/{settings.epochs}",
+            runner, data, loss_fn, optimizer, scheduler, batch_size=settings.batch_size, seed=seed, epoch=epoch,
+            max_grad_norm=settings.max_grad_norm, device=device, progress=progress and rank == 0,
+            desc=f"{desc} epoch {epoch + 1}/{settings.epochs}", grad_accum=settings.grad_accum,
+            precision=settings.precision, scaler=scaler, skip_steps=skip if epoch == start else 0,
+            loss_so_far=so_far if epoch == start else (0.0, 0), on_step=on_step if checkpoint_every else None,
         )
         history.append(loss)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, trained, optimizer, scheduler, epoch + 1, history)
+            save(epoch + 1)
     return history
