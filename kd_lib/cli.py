@@ -23,7 +23,7 @@ def _layers(text: str) -> int | tuple[int, ...]:
 
 def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     from kd_lib.data import TASKS
-    from kd_lib.pipeline import PRESETS
+    from kd_lib.pipeline import BACKENDS, PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default="default",
                    help="fast (tests, ~1 min), default (meaningful, ~15 min on a 2-core CPU), full (all data)")
@@ -42,7 +42,19 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the teacher's fine-tuning and of the training subset (default 0)")
     p.add_argument("--output-dir", default="runs/distill",
                    help="where results go; re-running resumes (default %(default)s)")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--device", default=None,
+                   help="cpu (default), cuda, cuda:N or mps; under torchrun: cpu or cuda (one GPU per process)")
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help="train the students with the course's loop (default) or the transformers Trainer")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (CUDA GPUs, A100/H100 class)")
+    precision.add_argument("--fp16", action="store_true", help="float16 mixed precision with loss scaling (CUDA GPUs)")
+    p.add_argument("--grad-accum", type=int, default=None,
+                   help="micro-batches per optimizer step (default 1); --batch-size counts the whole step")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="also checkpoint every N optimizer steps (default: every epoch only)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last checkpoint (fails if there is none)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --output-dir")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -56,25 +68,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    import os
+
     from kd_lib.pipeline import config_from_preset, results_table, run
     from kd_lib.utils import quiet_hf
 
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 reports
     try:
         config = config_from_preset(
             args.preset, task=args.task, teacher=args.teacher, student_layers=args.student_layers,
             temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
             max_length=args.max_length, seed=args.seed, teacher_seed=args.teacher_seed,
-            device=args.device,
+            device=args.device, backend=args.backend, grad_accum=args.grad_accum,
+            precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
         )
         with quiet_hf():
-            results = run(config, args.output_dir, overwrite=args.overwrite, progress=not args.no_progress)
+            results = run(config, args.output_dir, overwrite=args.overwrite, resume=args.resume,
+                          checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: re-run the same command to resume from the last finished epoch "
-              f"(results so far are in {args.output_dir})", file=sys.stderr)
+        if rank == 0:
+            print(f"\ninterrupted: re-run the same command (or add --resume) to continue from the last checkpoint "
+                  f"(results so far are in {args.output_dir})", file=sys.stderr)
         return 130
+    if rank != 0:
+        return 0
     print()
     print(results_table(results))
     print(f"\nretention {results['retention']:.3f}, speed-up {results['speedup']:.2f}×; "

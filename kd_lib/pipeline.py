@@ -9,27 +9,49 @@ in ``output_dir/state.json`` and skipped on a re-run; training stages checkpoint
 4. ``ce_only``   the same student (same initialisation, same steps) trained on labels only.
 5. ``speed``     teacher vs student throughput (batch 64) and batch-1 latency, alternating.
 6. ``report``    ``results.json``, ``report.md``, ``results.png``; the student is in ``student/``.
+
+The students train with the course's loop (``backend="loop"``, :func:`kd_lib.distill.fit`) or with
+the ``transformers`` Trainer (``backend="trainer"``, :func:`kd_lib.trainer.trainer_fit`); both
+give the same ``results.json``. ``run`` works unchanged in every process of a ``torchrun`` or
+``accelerate launch`` job: rank 0 fine-tunes the teacher and computes its logits while the
+others wait, every process trains its share of each batch, and only rank 0 evaluates and writes
+(``output_dir`` and ``$KD_CACHE_DIR`` must be on a file system all processes share).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from kd_lib.cache import atomic_save_pretrained, load_logits, save_logits
 from kd_lib.data import TASKS, EncodedDataset, load_task
-from kd_lib.distill import TrainSettings, ce_loss, evaluate_accuracy, fit, kd_from_cache, predict_logits
+from kd_lib.distill import (
+    PRECISIONS,
+    TrainSettings,
+    ce_loss,
+    check_precision,
+    evaluate_accuracy,
+    fit,
+    kd_from_cache,
+    predict_logits,
+)
 from kd_lib.evaluate import count_params, measure_speed, size_on_disk_mb
 from kd_lib.losses import check_alpha, check_temperature
 from kd_lib.students import default_student_layers, distilbert_from_bert
 from kd_lib.teacher import MARKER, TeacherRecipe, eval_split, finetuned_teacher
 from kd_lib.utils import atomic_write_bytes, set_seed
 
-__all__ = ["PRESETS", "DistillConfig", "config_from_preset", "run", "validate"]
+__all__ = ["BACKENDS", "PRESETS", "DistillConfig", "config_from_preset", "run", "validate"]
+
+BACKENDS = ("loop", "trainer")  # the course's training loop, or the transformers Trainer
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,9 @@ class DistillConfig:
     teacher_epochs: int = 1
     teacher_lr: float = 1e-4
     device: str = "cpu"
+    backend: str = "loop"  # how the students train: "loop" (kd_lib.distill.fit) or "trainer" (transformers)
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size counts the whole step)
+    precision: str = "fp32"  # or mixed precision on CUDA GPUs: "bf16", "fp16"
     extra: dict = field(default_factory=dict)
 
     def teacher_recipe(self) -> TeacherRecipe:
@@ -121,6 +146,24 @@ def validate(config: DistillConfig) -> DistillConfig:
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if config.device not in {"cpu"} and not config.device.startswith(("cuda", "mps")):
         raise ValueError(f"--device must be cpu, cuda, cuda:N or mps; got {config.device!r}")
+    if config.backend not in BACKENDS:
+        raise ValueError(f"--backend {config.backend!r} is unknown; choose one of: {', '.join(BACKENDS)}")
+    if isinstance(config.grad_accum, bool) or not isinstance(config.grad_accum, int) or config.grad_accum < 1:
+        raise ValueError(f"--grad-accum must be a positive integer (micro-batches per step); got {config.grad_accum!r}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {config.precision!r}")
+    check_precision(config.precision, config.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.batch_size % (config.grad_accum * world):
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be a multiple of --grad-accum {config.grad_accum} x {world} "
+            f"process(es) = {config.grad_accum * world}: it counts the examples of one optimizer step, split "
+            "evenly over micro-batches and processes"
+        )
+    if (world > 1 or config.backend == "trainer") and config.device not in {"cpu", "cuda"}:
+        who = f"{world} processes" if world > 1 else "--backend trainer"
+        raise ValueError(f"with {who}, --device must be cpu or cuda (each process takes its own GPU, "
+                         f"cuda:LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES); got {config.device!r}")
 
     teacher_cfg, folder = _teacher_config(config.teacher)
     if teacher_cfg.model_type != "bert":
@@ -170,11 +213,13 @@ def validate(config: DistillConfig) -> DistillConfig:
 class _State:
     """``state.json``: the finished stages of a run in ``output_dir``, written atomically."""
 
-    def __init__(self, output_dir: Path, config: DistillConfig, overwrite: bool) -> None:
-        self.path = output_dir / "state.json"
+    def __init__(self, output_dir: Path, config: DistillConfig, overwrite: bool, write: bool = True) -> None:
+        self.path, self.write = output_dir / "state.json", write
         self.config = json.loads(json.dumps(asdict(config)))
         if self.path.is_file() and not overwrite:
             saved = json.loads(self.path.read_text())
+            defaults = json.loads(json.dumps(asdict(DistillConfig())))  # for settings added since the run began
+            saved["config"] = {k: saved["config"].get(k, defaults[k]) for k in self.config}
             if saved["config"] != self.config:
                 diff = sorted(k for k in self.config if saved["config"].get(k) != self.config[k])
                 raise ValueError(
@@ -190,8 +235,59 @@ class _State:
 
     def finish(self, stage: str, result: dict) -> dict:
         self.stages[stage] = result
-        atomic_write_bytes(self.path, json.dumps({"config": self.config, "stages": self.stages}, indent=1).encode())
+        if self.write:
+            atomic_write_bytes(self.path, json.dumps({"config": self.config, "stages": self.stages}, indent=1).encode())
         return result
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _from_rank0(obj):
+    """``obj`` as rank 0 has it, in every process (the identity in a single process)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _rank0_first(make):
+    """``make()`` in rank 0 first (it may fine-tune and cache), then in the others (they find the cache)."""
+    if _rank() == 0:
+        out = make()
+        _barrier()
+        return out
+    _barrier()
+    return make()
+
+
+def _start_distributed(device: str) -> tuple[str, bool]:
+    """This process's device, and whether ``torch.distributed`` was initialised here.
+
+    Under ``torchrun``/``accelerate launch`` (``$WORLD_SIZE`` > 1) each process takes the GPU
+    ``cuda:$LOCAL_RANK`` (or stays on the CPU) and joins the process group: NCCL on GPUs, gloo on CPUs.
+    The timeout is long because the other processes wait while rank 0 fine-tunes the teacher.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return device, False
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) are visible: start at "
+                             "most one process per GPU (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(hours=3))
+    return device, True
 
 
 def run(
@@ -199,39 +295,76 @@ def run(
     output_dir: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Run (or resume) the main job; return the ``results.json`` content."""
+    """Run (or resume) the main job; return the ``results.json`` content.
+
+    A re-run with the same ``output_dir`` continues where the last one stopped (``resume=True``
+    insists on it: it fails if there is nothing to resume). Training checkpoints every epoch, and
+    every ``checkpoint_every`` optimizer steps if given. Under ``torchrun`` every process calls
+    this and gets the same results; only rank 0 writes.
+    """
     config = validate(config)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in ("state.json", "teacher_logits.safetensors"):
-            (output_dir / name).unlink(missing_ok=True)
-        for ckpt in (output_dir / "checkpoints").glob("*.pt"):
-            ckpt.unlink()
-    state = _State(output_dir, config, overwrite)
-    device = config.device
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in "
+                         f"{output_dir}, --overwrite discards it; pass one of them")
+    if resume and not (output_dir / "state.json").is_file():
+        raise ValueError(f"--resume: {output_dir} holds no run to resume (no state.json); drop --resume to start one")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"--checkpoint-every must be a positive integer (optimizer steps); got {checkpoint_every!r}")
+    device, started = _start_distributed(config.device)
+    try:
+        return _run(config, output_dir, device, overwrite, checkpoint_every, progress, log)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _run(config: DistillConfig, output_dir: Path, device: str, overwrite: bool, checkpoint_every: int | None,
+         progress: bool, log) -> dict:
+    main = _rank() == 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    progress = progress and main
+    if not main:
+        def log(*_):
+            return None
+    checkpoints = output_dir / "checkpoints"
+    if main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in ("state.json", "teacher_logits.safetensors"):
+                (output_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(checkpoints)
+            checkpoints.mkdir()
+    _barrier()
+    state = _State(output_dir, config, overwrite, write=main)
     set_seed(config.seed)
 
-    # 1. teacher -------------------------------------------------------------------------
+    # 1. teacher: rank 0 fine-tunes it (or finds it cached), the others then load it ----------
     start = time.perf_counter()
     teacher_folder = Path(config.teacher).expanduser() if config.teacher else None
-    if teacher_folder is not None and (teacher_folder / MARKER).is_file():
-        from kd_lib.models import load_teacher
 
-        teacher, tokenizer = load_teacher(teacher_folder, num_labels=len(TASKS[config.task].label_names))
-        teacher_info = {**json.loads((teacher_folder / MARKER).read_text()), "folder": str(teacher_folder)}
-    else:
-        teacher, tokenizer, teacher_info = finetuned_teacher(config.teacher_recipe(), device=device, progress=progress)
+    def load_the_teacher():
+        if teacher_folder is not None and (teacher_folder / MARKER).is_file():
+            from kd_lib.models import load_teacher
+
+            model, tok = load_teacher(teacher_folder, num_labels=len(TASKS[config.task].label_names))
+            return model, tok, {**json.loads((teacher_folder / MARKER).read_text()), "folder": str(teacher_folder)}
+        return finetuned_teacher(config.teacher_recipe(), device=device, progress=progress)
+
+    teacher, tokenizer, teacher_info = _rank0_first(load_the_teacher)
     teacher.to(device).eval()
     split = eval_split(config.task)
     limits = {"train": config.train_limit, split: config.eval_limit}
     data = load_task(config.task, limit={k: v for k, v in limits.items() if v}, seed=config.teacher_seed)
     train = EncodedDataset(data["train"], tokenizer, config.max_length)
     held_out = EncodedDataset(data[split], tokenizer, config.max_length)
-    if not state.done("teacher"):
+    if main and not state.done("teacher"):
         log(f"teacher: {'cached' if teacher_info.get('from_cache') else 'fine-tuned'} at {teacher_info['folder']}")
         state.finish(
             "teacher",
@@ -247,71 +380,92 @@ def run(
                 "wall_s": time.perf_counter() - start,
             },
         )
-    log(f"teacher accuracy on {split}: {state.done('teacher')['accuracy']:.4f}")
+    if main:
+        log(f"teacher accuracy on {split}: {state.done('teacher')['accuracy']:.4f}")
 
-    # 2. teacher logits, once ---------------------------------------------------------------
+    # 2. teacher logits, once, by rank 0 ---------------------------------------------------
     start = time.perf_counter()
-    logits_path = output_dir / "teacher_logits.safetensors"
-    meta = {"teacher": state.done("teacher")["folder"], "task": config.task, "max_length": config.max_length}
-    cached = load_logits(logits_path, expected_idx=train.idx, expected_meta=meta)
-    if cached is None:
-        logits = predict_logits(teacher, train, batch_size=64, device=device, progress=progress, desc="teacher logits")
-        save_logits(logits_path, logits, train.idx, meta)
-        state.finish("logits", {"n": len(train), "wall_s": time.perf_counter() - start})
-    else:
-        logits = cached[0]
-    teacher_logits = logits
+    logits = None
+    if main:
+        logits_path = output_dir / "teacher_logits.safetensors"
+        meta = {"teacher": state.done("teacher")["folder"], "task": config.task, "max_length": config.max_length}
+        cached = load_logits(logits_path, expected_idx=train.idx, expected_meta=meta)
+        if cached is None:
+            logits = predict_logits(teacher, train, batch_size=64, device=device, progress=progress,
+                                    desc="teacher logits")
+            save_logits(logits_path, logits, train.idx, meta)
+            state.finish("logits", {"n": len(train), "wall_s": time.perf_counter() - start})
+        else:
+            logits = cached[0]
+    teacher_logits = _from_rank0(logits)
 
     # 3./4. students: KD from the cached logits, and CE only from the same initialisation -----
-    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
-    (output_dir / "checkpoints").mkdir(exist_ok=True)
+    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                             grad_accum=config.grad_accum, precision=config.precision)
     students = {}
-    for stage, loss_fn in (
-        ("student_kd", kd_from_cache(teacher_logits, config.temperature, config.alpha)),
-        ("ce_only", ce_loss()),
-    ):
+    for stage, alpha in (("student_kd", config.alpha), ("ce_only", 0.0)):
         start = time.perf_counter()
         saved = output_dir / "student"
         done = state.done(stage)
         if stage == "student_kd" and done and not (saved / "model.safetensors").is_file():
             done = None  # the saved student was deleted: train it again
-        if done and stage == "student_kd":
+        done = _from_rank0(done)
+        student = None
+        if done and stage == "student_kd" and main:
             from transformers import DistilBertForSequenceClassification
 
             student = DistilBertForSequenceClassification.from_pretrained(saved, use_safetensors=True)
         elif not done:
             student = distilbert_from_bert(teacher, list(config.student_layers), seed=config.seed)
             set_seed(config.seed)
-            history = fit(
-                student, train, loss_fn, settings, seed=config.seed, device=device, progress=progress,
-                checkpoint=str(output_dir / "checkpoints" / f"{stage}.pt"), desc=stage.replace("_", " "),
-            )
-            acc = evaluate_accuracy(student, held_out, device=device)
-            if stage == "student_kd":
-                label_names = TASKS[config.task].label_names
-                student.config.id2label = dict(enumerate(label_names))
-                student.config.label2id = {n: i for i, n in enumerate(label_names)}
-                atomic_save_pretrained(saved, student, tokenizer)
-            state.finish(stage, {"accuracy": acc, "train_losses": history, "wall_s": time.perf_counter() - start})
-            (output_dir / "checkpoints" / f"{stage}.pt").unlink(missing_ok=True)
-        else:
-            student = None
-        log(f"{stage}: accuracy {state.done(stage)['accuracy']:.4f}")
+            desc = stage.replace("_", " ")
+            if config.backend == "trainer":
+                from kd_lib.trainer import trainer_fit
+
+                ckpt = checkpoints / f"{stage}-trainer"
+                history = trainer_fit(
+                    student, train, settings, output_dir=ckpt, teacher_logits=teacher_logits,
+                    temperature=config.temperature, alpha=alpha, seed=config.seed, device=device,
+                    progress=progress, checkpoint_every=checkpoint_every,
+                )
+            else:
+                ckpt = checkpoints / f"{stage}.pt"
+                loss_fn = ce_loss() if stage == "ce_only" else kd_from_cache(teacher_logits, config.temperature, alpha)
+                history = fit(
+                    student, train, loss_fn, settings, seed=config.seed, device=device, progress=progress,
+                    checkpoint=str(ckpt), desc=desc, checkpoint_every=checkpoint_every, distributed=world > 1,
+                )
+            if main:
+                acc = evaluate_accuracy(student, held_out, device=device)
+                if stage == "student_kd":
+                    label_names = TASKS[config.task].label_names
+                    student.config.id2label = dict(enumerate(label_names))
+                    student.config.label2id = {n: i for i, n in enumerate(label_names)}
+                    atomic_save_pretrained(saved, student, tokenizer)
+                state.finish(stage, {"accuracy": acc, "train_losses": history, "wall_s": time.perf_counter() - start})
+                if ckpt.is_dir():
+                    shutil.rmtree(ckpt)
+                else:
+                    ckpt.unlink(missing_ok=True)
+        if main:
+            log(f"{stage}: accuracy {state.done(stage)['accuracy']:.4f}")
         students[stage] = student
 
-    # 5. speed, side by side -----------------------------------------------------------------
-    if not state.done("speed"):
-        start = time.perf_counter()
-        speed = measure_speed({"teacher": teacher, "student": students["student_kd"]}, held_out, device=device)
-        state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
+    # 5. speed, side by side (rank 0) ------------------------------------------------------------
+    results = None
+    if main:
+        if not state.done("speed"):
+            start = time.perf_counter()
+            speed = measure_speed({"teacher": teacher, "student": students["student_kd"]}, held_out, device=device)
+            state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
 
-    # 6. report ------------------------------------------------------------------------------
-    results = _results(config, state, teacher, students["student_kd"])
-    _write_reports(output_dir, results)
-    return results
+        # 6. report ----------------------------------------------------------------------------
+        results = _results(config, state, teacher, students["student_kd"], world)
+        _write_reports(output_dir, results)
+    return _from_rank0(results)
 
 
-def _results(config: DistillConfig, state: _State, teacher, student) -> dict:
+def _results(config: DistillConfig, state: _State, teacher, student, world: int = 1) -> dict:
     speed = state.done("speed")
     t_acc, s_acc = state.done("teacher")["accuracy"], state.done("student_kd")["accuracy"]
     return {
@@ -343,6 +497,8 @@ def _results(config: DistillConfig, state: _State, teacher, student) -> dict:
         "eval_split": eval_split(config.task),
         "wall_s": {stage: round(info["wall_s"], 2) for stage, info in state.stages.items() if "wall_s" in info},
         "threads": torch.get_num_threads(),
+        "processes": world,
+        "backend": config.backend,
     }
 
 

@@ -17,11 +17,14 @@ distillation into it:
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,6 +180,23 @@ class DistillationTrainer(Trainer):
             loss = F.cross_entropy(outputs.logits.float(), inputs["labels"])
         return (loss, outputs) if return_outputs else loss
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        """The Trainer has every process write its own ``rng_state_{rank}.pth``; here rank 0 gathers and
+        writes them all (atomically), so that only rank 0 ever writes. Same files, same format."""
+        if self.args.world_size <= 1:
+            super()._save_rng_state(output_dir)
+            return
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.random.get_rng_state_all()
+        states = [None] * self.args.world_size
+        torch.distributed.all_gather_object(states, state)
+        if self.args.process_index == 0:
+            for rank, rank_state in enumerate(states):
+                buffer = io.BytesIO()
+                torch.save(rank_state, buffer)
+                atomic_write_bytes(Path(output_dir) / f"rng_state_{rank}.pth", buffer.getvalue())
+
     def _get_train_sampler(self, train_dataset=None) -> EpochShuffle:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return EpochShuffle(len(dataset), self.args.seed)
@@ -271,6 +291,7 @@ def training_arguments(
         disable_tqdm=not progress,
         remove_unused_columns=False,
         dataloader_pin_memory=device.type == "cuda",
+        ddp_find_unused_parameters=False,  # every student parameter gets a gradient: skip DDP's extra graph walk
         log_level="error",
     )
 

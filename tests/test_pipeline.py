@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -200,3 +201,104 @@ def test_ag_news_task(tiny_teacher, tmp_path, cache):
 
     saved = AutoConfig.from_pretrained(tmp_path / "out" / "student")
     assert saved.num_labels == 4 and saved.id2label[2] == "Business"
+
+
+def test_killed_mid_epoch_resumes_from_the_step_checkpoint(tiny_teacher, tmp_path, cache, monkeypatch):
+    """Killed right after the step-6 checkpoint (epoch 2, step 2 of 4), resumed with --resume: the same
+    student as an uninterrupted run without step checkpoints -- weights to 1e-6, losses to 1e-6 (relative)."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(tiny_teacher)  # 64 sentences, batches of 16: 4 steps per epoch, 2 epochs
+    reference = run(config, tmp_path / "uninterrupted", progress=False, log=lambda *_: None)
+
+    out = tmp_path / "interrupted"
+    real_save = distill._save_checkpoint
+    saved_at = []
+
+    def save_then_die(path, *args, steps_done=0, **kwargs):
+        real_save(path, *args, steps_done=steps_done, **kwargs)
+        saved_at.append((args[3], steps_done))
+        if (args[3], steps_done) == (1, 2):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out, progress=False, log=lambda *_: None, checkpoint_every=3)
+    assert saved_at == [(0, 3), (1, 0), (1, 2)]  # (epochs done, steps into the next): steps 3, 4 (epoch end), 6
+    monkeypatch.setattr(distill, "_save_checkpoint", real_save)
+    torch.manual_seed(1234)  # a new process: another random state, which the checkpoint must replace
+    resumed = run(config, out, resume=True, progress=False, log=lambda *_: None, checkpoint_every=3)
+
+    assert resumed["student"]["accuracy"] == reference["student"]["accuracy"]
+    assert resumed["baselines"] == reference["baselines"]
+    losses = [json.loads((d / "state.json").read_text())["stages"]["student_kd"]["train_losses"]
+              for d in (out, tmp_path / "uninterrupted")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    weights = [load_file(d / "student" / "model.safetensors") for d in (out, tmp_path / "uninterrupted")]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[1]) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bf16"], r"--bf16 \(mixed precision\) needs a CUDA GPU and --device cuda"),
+        (["--fp16"], r"--fp16 \(mixed precision\) needs a CUDA GPU and --device cuda"),
+        (["--grad-accum", "0"], r"--grad-accum must be a positive integer"),
+        (["--batch-size", "30", "--grad-accum", "4"], r"--batch-size 30 must be a multiple of --grad-accum 4 x 1"),
+        (["--resume", "--overwrite"], r"--resume and --overwrite contradict each other"),
+        (["--resume"], r"--resume: .* holds no run to resume \(no state.json\); drop --resume"),
+        (["--checkpoint-every", "0"], r"--checkpoint-every must be a positive integer"),
+        (["--backend", "trainer", "--device", "mps"], r"with --backend trainer, --device must be cpu or cuda"),
+    ],
+)
+def test_bad_flag_combinations_fail_early(tmp_path, cache, capsys, argv, message):
+    from kd_lib.cli import main
+
+    start = time.perf_counter()
+    code = main(["distill", "--preset", "fast", "--output-dir", str(tmp_path / "out"), "--no-progress", *argv])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert time.perf_counter() - start < 10 and not (cache / "teachers").exists(), "nothing was trained"
+
+
+def test_bf16_and_fp16_together_are_refused(capsys):
+    from kd_lib.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "--bf16", "--fp16"])
+    assert exc.value.code == 2 and "argument --fp16: not allowed with argument --bf16" in capsys.readouterr().err
+
+
+def test_two_process_validation_and_trainer_results(tiny_teacher, tmp_path, cache, monkeypatch):
+    # 32 examples per step cannot be cut into 3 processes x 1 micro-batch
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match=r"--batch-size 16 must be a multiple of --grad-accum 1 x 3 process"):
+        validate(tiny_config(tiny_teacher))
+    with pytest.raises(ValueError, match=r"with 3 processes, --device must be cpu or cuda"):
+        validate(tiny_config(tiny_teacher, batch_size=12, device="mps"))
+    monkeypatch.delenv("WORLD_SIZE")
+    # the trainer backend writes the same results as the loop
+    results = run(tiny_config(tiny_teacher, backend="trainer", epochs=1), tmp_path / "out", progress=False,
+                  log=lambda *_: None)
+    check_schema(results)
+    assert results["backend"] == "trainer" and results["processes"] == 1
+    assert not list((tmp_path / "out" / "checkpoints").iterdir()), "finished runs leave no checkpoints behind"
+
+
+def test_gpu_check_script_without_cuda(monkeypatch, capsys):
+    """scripts/gpu_check.py stops at once, exit code 2, saying why -- for a CPU-only torch and for no GPU."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert gpu_check.main([]) == 2 and "is a CPU-only build: install a CUDA build" in capsys.readouterr().err
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2 and "no CUDA GPU is visible" in capsys.readouterr().err
+    cmds = gpu_check.commands(Path("out"))
+    assert cmds["distill"][1:9] == ["-m", "kd_lib", "distill", "--preset", "default", "--bf16", "--device", "cuda"]
+    assert cmds["bench"][2:] == ["--device", "cuda", "--dtype", "bfloat16", "--output", str(Path("out") / "bench.json")]
