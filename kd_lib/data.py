@@ -1,8 +1,11 @@
-"""The course's offline text data: SST-2 and AG News, loaded from ``data/`` with sha256 checks.
+"""The course's offline text data: SST-2, AG News and Jane Austen, loaded from ``data/`` with sha256 checks.
 
 ``load_task("sst2")`` returns a :class:`datasets.DatasetDict` whose splits have three
 columns: ``idx`` (the row's position in the original file, a stable example id), ``text``
 and ``label`` (a :class:`datasets.ClassLabel` with the class names).
+
+``load_austen()`` returns Jane Austen's six novels as chapters of plain prose for language
+modelling, split deterministically into ``train`` and ``heldout`` chapters.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import torch
 from kd_lib.utils import sha256_file
 
 __all__ = [
+    "AUSTEN_FILES",
+    "AUSTEN_NOVELS",
     "DATA_FILES",
     "TASKS",
     "DataFileError",
     "EncodedDataset",
+    "austen_chapters",
     "clean_ag_news_text",
     "data_dir",
+    "load_austen",
     "load_task",
     "verify_data_file",
 ]
@@ -38,6 +45,17 @@ DATA_FILES: dict[str, str] = {
     "ag_news/train.tsv": "7a0811e0006080bf4de17752c5466450ff3db778be71bc5bcf3c4e99b5f0803d",
     "ag_news/test.tsv": "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1",
 }
+
+# Jane Austen's six completed novels (unlabelled prose for language modelling), relative to data/.
+AUSTEN_FILES: dict[str, str] = {
+    "austen/emma.txt": "7c67b5985c6d0de1efaeb5d342d52cb82c38083c40e2295129e30e87ee690ebe",
+    "austen/mansfield_park.txt": "98bc90519cdf4ef663ad7de2734bb529435ef24f7abbde6bb1a50898871dafe9",
+    "austen/northanger_abbey.txt": "51f91bbe0517db8e65cff009b097ce0a1836124c4e0532ac19e6c0cad982abed",
+    "austen/persuasion.txt": "8061549557aebd2fd6e353d18d9197cb707029112bd52d4d8b174583a925848a",
+    "austen/pride_and_prejudice.txt": "dfc684d4f857fa938268f9ab9c5567b64bd0691251eca959644adeabe6287a4d",
+    "austen/sense_and_sensibility.txt": "105e1651fe93bed7130078578efd31e0c557d68667ba672ddc876f735b30fe09",
+}
+AUSTEN_NOVELS: tuple[str, ...] = tuple(Path(rel).stem for rel in AUSTEN_FILES)
 
 
 @dataclass(frozen=True)
@@ -87,24 +105,25 @@ def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Pat
     Raises:
         DataFileError: the file is missing or altered; the message names it and the fix.
     """
-    if relpath not in DATA_FILES:
-        raise ValueError(f"unknown data file {relpath!r}; known files: {sorted(DATA_FILES)}")
+    recorded = DATA_FILES.get(relpath) or AUSTEN_FILES.get(relpath)
+    if recorded is None:
+        raise ValueError(f"unknown data file {relpath!r}; known files: {sorted(DATA_FILES) + sorted(AUSTEN_FILES)}")
     root = Path(root) if root is not None else data_dir()
     path = root / relpath
     if not path.is_file():
         raise DataFileError(
             f"data file {path} is missing. Restore it from a fresh clone of the course "
             f"repository (git checkout -- data/{relpath}), or set KD_DATA_DIR to the folder "
-            "that holds sst2/ and ag_news/."
+            "that holds sst2/, ag_news/ and austen/."
         )
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if not _verified.get(key):
         actual = sha256_file(path)
-        if actual != DATA_FILES[relpath]:
+        if actual != recorded:
             raise DataFileError(
                 f"data file {path} does not match its recorded sha256 (expected "
-                f"{DATA_FILES[relpath][:12]}…, got {actual[:12]}…): it was altered or "
+                f"{recorded[:12]}…, got {actual[:12]}…): it was altered or "
                 f"truncated. Restore it with `git checkout -- data/{relpath}` (or re-copy it "
                 "from a fresh clone)."
             )
@@ -206,6 +225,72 @@ def load_task(
             features=features,
         )
     return DatasetDict(splits)
+
+
+_CHAPTER = re.compile(r"^(?:CHAPTER|Chapter) (?:[IVXLC]+|\d+)\.?$", re.M)
+_VOLUME = re.compile(r"^VOLUME [IVX]+$", re.M)
+_END = re.compile(r"^(?:THE END|FINIS|Finis)$|^A NOTE ON THE TEXT$", re.M)
+_ITALICS = re.compile(r"_([^_]+)_")
+
+
+def austen_chapters(text: str) -> list[str]:
+    """Split a novel as printed into its chapters, as plain prose.
+
+    Stripped: the front matter before the first chapter heading (title, author, Northanger
+    Abbey's advertisement), the chapter and volume headings, everything from the closing
+    ``THE END``/``FINIS`` line or Northanger Abbey's editorial "A NOTE ON THE TEXT" on, and the
+    underscores that mark italics (``_them_`` becomes ``them``). The printed line breaks inside a
+    paragraph become spaces; paragraphs are separated by one ``"\\n"``.
+
+    Returns:
+        The chapters in reading order (Emma's three volumes run on: 18 + 18 + 19 chapters).
+    """
+    end = _END.search(text)
+    body = text[: end.start()] if end else text
+    headings = list(_CHAPTER.finditer(body))
+    if not headings:
+        raise ValueError("text has no chapter heading ('CHAPTER I' or 'Chapter 1' on a line of its own)")
+    chapters = []
+    for here, after in zip(headings, [*headings[1:], None], strict=True):
+        raw = _VOLUME.sub("", body[here.end() : after.start() if after else len(body)])
+        paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", raw))
+        chapters.append(_ITALICS.sub(r"\1", "\n".join(p for p in paragraphs if p)))
+    return chapters
+
+
+def load_austen(heldout_every: int = 10, root: str | os.PathLike | None = None):
+    """Jane Austen's six novels as chapters, split into ``train`` and ``heldout`` chapters.
+
+    The split is deterministic and spread over every novel: chapter ``k`` (1-based within its
+    novel) is held out when ``k`` is a multiple of ``heldout_every`` -- with the default 10,
+    25 of the 269 chapters (9 %): chapters 10, 20, … of each novel.
+
+    Args:
+        heldout_every: hold out every ``heldout_every``-th chapter of each novel; an int >= 2.
+        root: data folder; defaults to :func:`data_dir`. Every file is sha256-checked.
+
+    Returns:
+        ``DatasetDict`` with splits ``train`` and ``heldout`` and columns ``idx`` (int64, the
+        chapter's position among all 269 in :data:`AUSTEN_NOVELS` order), ``novel`` (file stem,
+        e.g. ``"emma"``), ``chapter`` (1-based number within the novel) and ``text``.
+    """
+    from datasets import Dataset, DatasetDict, Features, Value
+
+    if isinstance(heldout_every, bool) or not isinstance(heldout_every, int) or heldout_every < 2:
+        raise ValueError(f"heldout_every must be an int >= 2 (hold out every k-th chapter); got {heldout_every!r}")
+    rows: dict[str, list[dict]] = {"train": [], "heldout": []}
+    idx = 0
+    for relpath in AUSTEN_FILES:
+        novel = Path(relpath).stem
+        chapters = austen_chapters(verify_data_file(relpath, root).read_text(encoding="utf-8"))
+        for number, text in enumerate(chapters, start=1):
+            split = "heldout" if number % heldout_every == 0 else "train"
+            rows[split].append({"idx": idx, "novel": novel, "chapter": number, "text": text})
+            idx += 1
+    features = Features(
+        {"idx": Value("int64"), "novel": Value("string"), "chapter": Value("int64"), "text": Value("string")}
+    )
+    return DatasetDict({name: Dataset.from_list(items, features=features) for name, items in rows.items()})
 
 
 class EncodedDataset:

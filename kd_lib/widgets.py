@@ -6,14 +6,15 @@ live kernel -- on GitHub, or as HTML -- still shows what the widget would.
 
 from __future__ import annotations
 
+import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from kd_lib.losses import check_temperature, softmax_t
 
-__all__ = ["plot_temperature", "temperature_explorer"]
+__all__ = ["format_search_results", "plot_temperature", "search_explorer", "temperature_explorer"]
 
 
 def _as_logits(logits) -> torch.Tensor:
@@ -117,3 +118,80 @@ def temperature_explorer(
     )
     checkbox = widgets.Checkbox(value=False, description="log y axis")
     return widgets.interactive(draw, T=slider, log_scale=checkbox)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_search_results(query: str, results: dict[str, list[tuple[float, str]]], width: int = 44) -> str:
+    """Plain-text table of several models' search results side by side (the static twin of
+    :func:`search_explorer`).
+
+    Args:
+        query: the query, printed as the title.
+        results: ``{model name: [(cosine, text), ...]}``, best first, the same length for every model.
+        width: characters per column (texts are cut with "…").
+
+    Returns:
+        One line per rank: ``rank | score text | score text | ...``.
+    """
+    if not results:
+        raise ValueError("results is empty: give at least one model's results")
+    lengths = {len(r) for r in results.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every model must return the same number of results; got {sorted(lengths)}")
+    if width < 12:
+        raise ValueError(f"width must be >= 12 characters; got {width}")
+    lines = [f"query: {query}", "   " + " | ".join(f"{name:<{width}}" for name in results)]
+    for rank in range(lengths.pop()):
+        cells = [f"{score:.3f} {_clip(text, width - 6):<{width - 6}}"
+                 for score, text in (r[rank] for r in results.values())]
+        lines.append(f"{rank + 1:>2} " + " | ".join(cells))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def search_explorer(
+    encoders: dict[str, Callable[[list[str]], torch.Tensor]],
+    corpora: dict[str, torch.Tensor],
+    texts: Sequence[str],
+    query: str = "",
+    k: int = 5,
+    width: int = 44,
+):
+    """A search box over ``texts``: each model's top ``k`` results, side by side.
+
+    Args:
+        encoders: ``{model name: function embedding a list of queries -> [n, D]}``.
+        corpora: ``{model name: [N, D] embeddings of texts by that model}`` (the same names).
+        texts: the ``N`` documents.
+        query: the initial query.
+        k: results per model.
+        width: characters per column.
+
+    Returns:
+        An ``ipywidgets.VBox`` of the text box (searching on Enter) and the results (an ``HTML``
+        widget showing :func:`format_search_results` as preformatted text).
+    """
+    import ipywidgets as widgets
+
+    from kd_lib.search import search
+
+    if set(encoders) != set(corpora):
+        raise ValueError(
+            f"encoders and corpora must name the same models; got {sorted(encoders)} and {sorted(corpora)}"
+        )
+    box = widgets.Text(value=query, description="query", continuous_update=False,
+                       layout=widgets.Layout(width="60%"))
+    out = widgets.HTML()
+
+    def show(_=None) -> None:
+        if not box.value.strip():
+            out.value = ""
+            return
+        results = {name: search(encode([box.value])[0], corpora[name], texts, k) for name, encode in encoders.items()}
+        out.value = f"<pre>{html.escape(format_search_results(box.value, results, width))}</pre>"
+
+    box.observe(show, names="value")
+    show()
+    return widgets.VBox([box, out])
