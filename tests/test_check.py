@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kd_lib import check, models
-from kd_lib.data import DATA_FILES, data_dir
+from kd_lib.data import AUSTEN_FILES, DATA_FILES, data_dir
 
 
 def test_check_passes_here(capsys):
@@ -19,7 +19,7 @@ def test_check_passes_here(capsys):
     assert "FAIL" not in out
     for name in ("python", "torch", "transformers", "datasets", "nbval", "cpu threads", "gpu", "teacher"):
         assert f"] {name}" in out
-    for rel in DATA_FILES:
+    for rel in [*DATA_FILES, *AUSTEN_FILES]:
         assert f"data {rel}" in out
     assert "sha256 matches" in out
 
@@ -27,7 +27,7 @@ def test_check_passes_here(capsys):
 @pytest.fixture
 def data_copy(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    for rel in DATA_FILES:
+    for rel in [*DATA_FILES, *AUSTEN_FILES]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(data_dir() / rel, root / rel)
     monkeypatch.setenv("KD_DATA_DIR", str(root))
@@ -42,7 +42,7 @@ def test_check_reports_altered_and_missing_data(data_copy, capsys):
     out = capsys.readouterr().out
     assert "[FAIL] data sst2/train.tsv" in out and "does not match its recorded sha256" in out
     assert "[FAIL] data ag_news/test.tsv" in out and "is missing" in out
-    assert "fix:" in out and "2 of 14 checks failed" in out
+    assert "fix:" in out and "2 of 20 checks failed" in out
 
 
 def test_check_reports_tampered_teacher(tmp_path, monkeypatch, capsys):
