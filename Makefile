@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_INSTALL ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup distill test check notebooks lint bench clean-venv
+.PHONY: setup distill test check notebooks lint bench slides site site-check clean-venv
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,18 @@ notebooks: setup
 	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
 		env -u KD_FAST $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
+
+# Slide decks (slides/*.md) → slides/build/*.html, figures from the committed notebooks' outputs.
+slides: setup
+	$(BIN)/python scripts/build_slides.py --out slides/build
+
+# The course website in _build/site (nothing re-executed, nothing downloaded), then its checks:
+# internal links and three pages in headless Chromium (apt-get install chromium).
+site: setup
+	$(BIN)/python scripts/build_site.py --out _build/site
+
+site-check: site
+	$(BIN)/python scripts/check_site.py _build/site
 
 clean-venv:
 	rm -rf $(VENV)
