@@ -35,6 +35,7 @@ __all__ = [
     "data_dir",
     "load_austen",
     "load_task",
+    "seeded_loader",
     "verify_data_file",
 ]
 
@@ -293,6 +294,16 @@ def load_austen(heldout_every: int = 10, root: str | os.PathLike | None = None):
     return DatasetDict({name: Dataset.from_list(items, features=features) for name, items in rows.items()})
 
 
+def seeded_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` batched by its own ``collate``; shuffled by a generator seeded by ``seed``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=dataset.collate
+    )
+
+
 class EncodedDataset:
     """A tokenised split for PyTorch: item ``i`` is ``{"input_ids", "label", "row"}``.
 
@@ -336,9 +347,4 @@ class EncodedDataset:
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
         """A DataLoader with dynamic padding; shuffled with a generator seeded by ``seed``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return torch.utils.data.DataLoader(
-            self, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=self.collate
-        )
+        return seeded_loader(self, batch_size, shuffle, seed)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd_lib.data import seeded_loader
 from kd_lib.distill import LossFn
 from kd_lib.losses import IGNORE_INDEX, check_temperature, kd_loss
 from kd_lib.students import _check_layers, bert_to_distilbert_state_dict, default_student_layers
@@ -140,12 +141,7 @@ class LMBlocks:
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
         """A DataLoader over the blocks; shuffled with a generator seeded by ``seed``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return torch.utils.data.DataLoader(
-            self, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=self.collate
-        )
+        return seeded_loader(self, batch_size, shuffle, seed)
 
 
 @dataclass(frozen=True)
