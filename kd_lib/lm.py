@@ -25,7 +25,7 @@ from torch import nn
 
 from kd_lib.data import seeded_loader
 from kd_lib.distill import LossFn
-from kd_lib.losses import IGNORE_INDEX, check_temperature, kd_loss
+from kd_lib.losses import IGNORE_INDEX, check_temperature, hidden_state_loss, kd_loss
 from kd_lib.students import _check_layers, bert_to_distilbert_state_dict, default_student_layers
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "LMBlocks",
     "distilbert_mlm_from_bert",
     "distilbert_mlm_loss",
-    "hidden_cosine_loss",
     "make_gpt2",
     "mlm_collator",
     "perplexity",
@@ -289,25 +288,6 @@ def mlm_collator(tokenizer, mlm_probability: float = 0.15, seed: int = 0):
     return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability, seed=seed)
 
 
-def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """DistilBERT's cosine loss: mean of ``1 - cos(h_s, h_t)`` over the positions where ``mask`` is set.
-
-    Equal to ``nn.CosineEmbeddingLoss()`` with target +1 on the selected vectors. Needs equal
-    widths (DistilBERT keeps BERT's hidden size for this reason).
-
-    Args:
-        student_hidden, teacher_hidden: ``[B, L, H]``.
-        mask: ``[B, L]``, bool or 0/1 (the attention mask: real tokens).
-    """
-    if student_hidden.shape != teacher_hidden.shape:
-        raise ValueError(f"student and teacher hidden states must have the same shape [B, L, H]; got "
-                         f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}")
-    if mask.shape != student_hidden.shape[:2]:
-        raise ValueError(f"mask must have shape [B, L] = {tuple(student_hidden.shape[:2])}; got {tuple(mask.shape)}")
-    mask = mask.bool()
-    return (1 - F.cosine_similarity(student_hidden[mask], teacher_hidden[mask].detach(), dim=-1)).mean()
-
-
 def distilbert_mlm_loss(
     student_outputs,
     teacher_outputs,
@@ -325,7 +305,8 @@ def distilbert_mlm_loss(
       on the masked positions (``labels != -100``), or on every real token with
       ``kd_on_masked_only=False`` (the default of DistilBERT's released script).
     * ``L_mlm``: the usual masked-LM cross-entropy at ``T = 1`` on the masked positions.
-    * ``L_cos``: :func:`hidden_cosine_loss` between the last hidden states, over real tokens.
+    * ``L_cos``: :func:`kd_lib.losses.hidden_state_loss` with ``kind="cosine"`` (mean of
+      ``1 - cos``) between the last hidden states, over real tokens.
 
     The default weights ``5 : 2 : 1`` and ``T = 2`` are those of DistilBERT's training command.
 
@@ -347,7 +328,8 @@ def distilbert_mlm_loss(
     parts = {
         "kd": kd_loss(s_logits, t_logits, temperature, mask=kd_mask),
         "mlm": F.cross_entropy(s_logits.reshape(-1, s_logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX),
-        "cos": hidden_cosine_loss(student_outputs.hidden_states[-1], teacher_outputs.hidden_states[-1], attention_mask),
+        "cos": hidden_state_loss(student_outputs.hidden_states[-1], teacher_outputs.hidden_states[-1], attention_mask,
+                                 kind="cosine"),
     }
     parts["loss"] = alpha_kd * parts["kd"] + alpha_mlm * parts["mlm"] + alpha_cos * parts["cos"]
     return parts

@@ -22,7 +22,6 @@ from kd_lib.lm import (
     LMBlocks,
     distilbert_mlm_from_bert,
     distilbert_mlm_loss,
-    hidden_cosine_loss,
     make_gpt2,
     mlm_collator,
     perplexity,
@@ -30,6 +29,7 @@ from kd_lib.lm import (
     token_ce_loss,
     train_bpe_tokenizer,
 )
+from kd_lib.losses import hidden_state_loss
 
 # --------------------------------------------------------------------------------------------
 # The Austen data
@@ -416,11 +416,12 @@ def test_distilbert_mlm_loss_matches_the_three_formulas(bert_mlm, mlm_batch):
         distilbert_mlm_loss(s_out, t_out, labels, mlm_batch["attention_mask"], alpha_cos=-1.0)
 
 
-def test_hidden_cosine_loss_values():
+def test_distilbert_cosine_term_values():
+    # the cos term of distilbert_mlm_loss is hidden_state_loss(kind="cosine")
     a = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])
     b = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [-1.0, -1.0]]])
     # cosines 1, 0, -1 -> losses 0, 1, 2; the third position is padding
-    assert hidden_cosine_loss(a, b, torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.5)
-    assert hidden_cosine_loss(a, b, torch.tensor([[1, 1, 1]])).item() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="same shape"):
-        hidden_cosine_loss(a, b[..., :1], torch.tensor([[1, 1, 1]]))
+    assert hidden_state_loss(a, b, torch.tensor([[1, 1, 0]]), kind="cosine").item() == pytest.approx(0.5)
+    assert hidden_state_loss(a, b, torch.tensor([[1, 1, 1]]), kind="cosine").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hidden widths differ"):
+        hidden_state_loss(a, b[..., :1], torch.tensor([[1, 1, 1]]), kind="cosine")
