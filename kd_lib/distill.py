@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,11 +232,10 @@ def kd_online(
             t_out = _forward(teacher, batch, device, hidden_states=cosine_weight > 0)
         value = distillation_loss(logits, t_out.logits, batch["labels"].to(device), temperature, alpha)
         if cosine_weight > 0:
-            mask = batch["attention_mask"].to(device).bool()
-            s_h, t_h = outputs.hidden_states[-1][mask], t_out.hidden_states[-1][mask]
-            if s_h.shape[-1] != t_h.shape[-1]:
-                raise ValueError(f"cosine loss needs equal widths; student {s_h.shape[-1]}, teacher {t_h.shape[-1]}")
-            value = value + cosine_weight * (1 - F.cosine_similarity(s_h, t_h, dim=-1)).mean()
+            mask = batch["attention_mask"].to(device)
+            value = value + cosine_weight * hidden_state_loss(
+                outputs.hidden_states[-1], t_out.hidden_states[-1], mask, kind="cosine"
+            )
         return value
 
     loss.needs_hidden_states = cosine_weight > 0
@@ -566,7 +564,7 @@ def train_epoch(
             total += loss.item() * n
             count += n
         if world > 1:  # DDP averages the model's gradients; a loss's own parameters are averaged here
-            for p in loss_params:
+            for p in (p for p in loss_params if p.grad is not None):
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= world
         if scaler is not None:
@@ -623,11 +621,6 @@ def accuracy(logits: torch.Tensor, labels) -> float:
 def evaluate_accuracy(model: nn.Module, data: EncodedDataset, batch_size: int = 64, device="cpu") -> float:
     """Accuracy of ``model`` on ``data``."""
     return accuracy(predict_logits(model, data, batch_size, device), data.labels)
-
-
-def steps_per_epoch(n_examples: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch."""
-    return math.ceil(n_examples / batch_size)
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -726,7 +719,7 @@ def fit(
     if isinstance(loss_fn, nn.Module) and any(True for _ in loss_fn.parameters()):
         trained = nn.ModuleDict({"model": model, "loss": loss_fn})
     trained.to(device)  # before the optimizer, so its state lives on the same device
-    per_epoch = steps_per_epoch(len(data), settings.batch_size)
+    per_epoch = len(data.loader(settings.batch_size))  # optimizer steps per epoch, whatever the dataset batches
     optimizer, scheduler = make_optimizer(trained, settings, per_epoch)
     scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
     history: list[float] = []

@@ -180,8 +180,8 @@ class MultiTaskData:
     ``batch["task"]``; ``batch["row"]`` is the row in *that task's* dataset. With ``shuffle`` the
     order of the tasks' batches is shuffled too, so each task is seen in proportion to its size
     throughout the epoch. ``len()`` is the total number of examples; an epoch has
-    ``sum_t ceil(N_t / batch_size)`` batches (equal to ``ceil(N / batch_size)``, the step count
-    ``fit`` schedules, when every ``N_t`` is a multiple of the batch size).
+    ``sum_t ceil(N_t / batch_size)`` batches, ``len(data.loader(batch_size))``, which is the step
+    count ``fit`` schedules.
     """
 
     def __init__(self, datasets: Mapping[str, EncodedDataset]) -> None:

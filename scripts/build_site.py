@@ -30,17 +30,8 @@ DOCS = ROOT / "docs"
 DEFAULT_OUT = ROOT / "_build" / "site"
 
 
-SETUP_CELL_IDS = ("kd-course-setup-links", "kd-course-setup-code")
-
 def notebook_paths(notebooks_dir: Path) -> list[Path]:
     return sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
-
-
-def _title(nb_path: Path) -> str:
-    first = json.loads(nb_path.read_text(encoding="utf-8"))["cells"][0]
-    src = "".join(first["source"]) if isinstance(first["source"], list) else first["source"]
-    match = re.match(r"#\s+(.+)", src.strip())
-    return match.group(1).strip() if match else nb_path.stem
 
 
 def front_page(readme: str) -> str:
@@ -92,7 +83,7 @@ def stage(src: Path, notebooks_dir: Path) -> list[Path]:
         nb = json.loads(path.read_text(encoding="utf-8"))
         # the committed notebooks carry the links as markdown; the site shows them with a real
         # (commented) set-up code cell instead
-        nb["cells"] = [c for c in nb["cells"] if c.get("id") not in SETUP_CELL_IDS]
+        colab_cell.remove_setup_cells(nb)
         colab_cell.add_setup_cells(nb, path.name, repo_url, branch, code_cell=True)
         (src / "notebooks" / path.name).write_text(colab_cell.dumps(nb), encoding="utf-8")
         names.append(path.stem)

@@ -286,12 +286,6 @@ class Browser:
                 report.failed_requests.append(f"{params.get('errorText')} ({params.get('requestId')})")
         return report
 
-    def screenshot(self, path: Path) -> None:
-        import base64
-
-        data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
-
     def close(self) -> None:
         try:
             if getattr(self, "ws", None) is not None:

@@ -113,6 +113,11 @@ def has_setup(nb: dict) -> bool:
     return any(MARKER in _source(cell) for cell in nb["cells"])
 
 
+def remove_setup_cells(nb: dict) -> None:
+    """Drop the cells this module added (recognised by ``MARKER``), e.g. to add them in another form."""
+    nb["cells"] = [cell for cell in nb["cells"] if MARKER not in _source(cell)]
+
+
 def add_setup_cells(nb: dict, notebook: str, repo_url: str, branch: str, *, code_cell: bool) -> bool:
     """Insert the links (and, with ``code_cell``, the commented set-up code cell) after the title.
 
