@@ -98,10 +98,10 @@ def run_checks() -> list[CheckResult]:
     except (TeacherIntegrityError, FileNotFoundError) as exc:
         results.append(CheckResult("fail", "teacher", "weights missing or altered", str(exc)))
 
-    from kd_lib.data import AUSTEN_FILES, DATA_FILES, DataFileError, data_dir, verify_data_file
+    from kd_lib.data import DATA_FILES, DataFileError, data_dir, verify_data_file
 
     root = data_dir()
-    for relpath in [*DATA_FILES, *AUSTEN_FILES]:
+    for relpath in DATA_FILES:
         try:
             verify_data_file(relpath, root)
             results.append(CheckResult("ok", f"data {relpath}", "present, sha256 matches"))

@@ -45,10 +45,7 @@ DATA_FILES: dict[str, str] = {
     "sst2/validation.tsv": "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
     "ag_news/train.tsv": "7a0811e0006080bf4de17752c5466450ff3db778be71bc5bcf3c4e99b5f0803d",
     "ag_news/test.tsv": "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1",
-}
-
-# Jane Austen's six completed novels (unlabelled prose for language modelling), relative to data/.
-AUSTEN_FILES: dict[str, str] = {
+    # Jane Austen's six completed novels (unlabelled prose for language modelling)
     "austen/emma.txt": "7c67b5985c6d0de1efaeb5d342d52cb82c38083c40e2295129e30e87ee690ebe",
     "austen/mansfield_park.txt": "98bc90519cdf4ef663ad7de2734bb529435ef24f7abbde6bb1a50898871dafe9",
     "austen/northanger_abbey.txt": "51f91bbe0517db8e65cff009b097ce0a1836124c4e0532ac19e6c0cad982abed",
@@ -56,6 +53,7 @@ AUSTEN_FILES: dict[str, str] = {
     "austen/pride_and_prejudice.txt": "dfc684d4f857fa938268f9ab9c5567b64bd0691251eca959644adeabe6287a4d",
     "austen/sense_and_sensibility.txt": "105e1651fe93bed7130078578efd31e0c557d68667ba672ddc876f735b30fe09",
 }
+AUSTEN_FILES: dict[str, str] = {rel: sha for rel, sha in DATA_FILES.items() if rel.startswith("austen/")}
 AUSTEN_NOVELS: tuple[str, ...] = tuple(Path(rel).stem for rel in AUSTEN_FILES)
 
 
@@ -106,9 +104,9 @@ def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Pat
     Raises:
         DataFileError: the file is missing or altered; the message names it and the fix.
     """
-    recorded = DATA_FILES.get(relpath) or AUSTEN_FILES.get(relpath)
+    recorded = DATA_FILES.get(relpath)
     if recorded is None:
-        raise ValueError(f"unknown data file {relpath!r}; known files: {sorted(DATA_FILES) + sorted(AUSTEN_FILES)}")
+        raise ValueError(f"unknown data file {relpath!r}; known files: {sorted(DATA_FILES)}")
     root = Path(root) if root is not None else data_dir()
     path = root / relpath
     if not path.is_file():

@@ -129,16 +129,22 @@ def check_precision(precision: str, device: str | torch.device) -> str:
     return precision
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings, steps_per_epoch: int):
-    """AdamW (no weight decay on biases and LayerNorm) and a linear warm-up/decay schedule."""
+def adamw(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW at ``settings.lr``, with ``settings.weight_decay`` on weight matrices only (none on
+    biases and LayerNorm)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.dim() < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr,
     )
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings, steps_per_epoch: int):
+    """:func:`adamw` and a linear warm-up/decay schedule over ``settings.epochs * steps_per_epoch`` steps."""
+    optimizer = adamw(model, settings)
     total = max(1, settings.epochs * steps_per_epoch)
     return optimizer, warmup_linear_schedule(optimizer, total, int(settings.warmup_ratio * total))
 

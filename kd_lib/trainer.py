@@ -35,10 +35,10 @@ from kd_lib.data import EncodedDataset
 from kd_lib.distill import (
     TrainSettings,
     _forward,
+    adamw,
     check_precision,
     kd_from_cache,
     kd_online,
-    make_optimizer,
     warmup_linear_schedule,
 )
 from kd_lib.losses import check_alpha, check_temperature
@@ -206,7 +206,7 @@ class DistillationTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            self.optimizer, _ = make_optimizer(model if model is not None else self.model, self._settings(), 1)
+            self.optimizer = adamw(model if model is not None else self.model, self._settings())
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kd_lib import check, models
-from kd_lib.data import AUSTEN_FILES, DATA_FILES, data_dir
+from kd_lib.data import DATA_FILES, data_dir
 
 
 def test_check_passes_here(capsys):
@@ -19,7 +19,7 @@ def test_check_passes_here(capsys):
     assert "FAIL" not in out
     for name in ("python", "torch", "transformers", "datasets", "nbval", "cpu threads", "gpu", "teacher"):
         assert f"] {name}" in out
-    for rel in [*DATA_FILES, *AUSTEN_FILES]:
+    for rel in DATA_FILES:
         assert f"data {rel}" in out
     assert "sha256 matches" in out
 
@@ -27,7 +27,7 @@ def test_check_passes_here(capsys):
 @pytest.fixture
 def data_copy(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    for rel in [*DATA_FILES, *AUSTEN_FILES]:
+    for rel in DATA_FILES:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(data_dir() / rel, root / rel)
     monkeypatch.setenv("KD_DATA_DIR", str(root))
