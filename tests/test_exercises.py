@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -609,23 +608,6 @@ def test_checks_leave_the_global_random_state_alone():
     ex.check_pair_difference_layer(0)
     ex.check_projection_count(4, 4)
     assert torch.equal(torch.rand(3), expected)
-
-
-def test_every_check_is_fast():
-    calls = {
-        "check_kd_loss": lambda: ex.check_kd_loss(my_kd_loss),
-        "check_token_kd_loss": lambda: ex.check_token_kd_loss(my_token_kd_loss),
-        "check_temperature_scaling": lambda: ex.check_temperature_scaling(fit_temperature),
-        "check_ece": lambda: ex.check_ece(my_ece),
-        "check_tokenize_prediction": lambda: ex.check_tokenize_prediction("unfilmable", ["un"]),
-        "check_pair_difference_layer": lambda: ex.check_pair_difference_layer(0),
-        "check_projection_count": lambda: ex.check_projection_count(4, 0),
-        "check_largest_batch": lambda: ex.check_largest_batch(1, 1),
-    }
-    for name, call in calls.items():
-        start = time.perf_counter()
-        call()
-        assert time.perf_counter() - start < 3.0, name  # < 1 s on a quiet CPU; slack for a shared CI machine
 
 
 # --- the solution notebooks -------------------------------------------------------------------------
