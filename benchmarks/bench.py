@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from kd_lib.data import EncodedDataset, load_task
-from kd_lib.distill import TrainSettings, kd_from_cache, kd_online, make_optimizer, predict_logits
+from kd_lib.distill import kd_from_cache, kd_online
 from kd_lib.evaluate import count_params, measure_speed
 from kd_lib.models import load_teacher
 from kd_lib.students import default_student_layers, distilbert_from_bert
+from kd_lib.training import TrainSettings, forward, make_optimizer, needs_of, predict_logits
 from kd_lib.utils import quiet_hf, set_seed
 
 
@@ -46,8 +47,7 @@ def time_training_steps(student_factory, loss_fns: dict, data: EncodedDataset, b
             torch.cuda.synchronize()
         start = time.perf_counter()
         for b in inputs:
-            out = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                        output_hidden_states=getattr(loss_fn, "needs_hidden_states", False))
+            out = forward(model, b, device, needs_of(loss_fn))
             loss = loss_fn(out, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()

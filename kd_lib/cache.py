@@ -1,7 +1,15 @@
-"""Where the course keeps what it computes once: fine-tuned teachers and teacher logits.
+"""Where the course keeps what it computes once: trained models and teacher logits.
+
+- :func:`cached_model`: the one cache-or-train helper. A model trained once (a fine-tuned teacher,
+  a federated client) lives in a folder named by the hash of everything that determined it, with
+  one completion record, :data:`RECORD`, written inside the same atomic folder swap as its weights:
+  a folder without it is not an entry.
+- :func:`save_logits` / :func:`load_logits` / :func:`cached_logits`: teacher logits with the example
+  ids and the settings they belong to, so logits of another teacher or data subset are never reused.
 
 Everything is written atomically (to a temporary name, then renamed), so an interrupted run
 never leaves a half-written model or logits file that a later run would trust.
+Taught in notebook 04, section 3 (the teacher cache) and notebook 05, section 3 (logits once).
 """
 
 from __future__ import annotations
@@ -12,23 +20,34 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from kd_lib.utils import atomic_write_bytes
+from kd_lib.utils import atomic_write_bytes, quiet_hf
 
 __all__ = [
+    "RECORD",
     "atomic_save_pretrained",
     "cache_dir",
+    "cached_logits",
+    "cached_model",
     "config_key",
     "load_logits",
     "save_logits",
 ]
 
+RECORD = "kd_record.json"  # a cache entry's completion record: written with its weights, in one atomic swap
+T = TypeVar("T")
+
 
 def cache_dir() -> Path:
-    """``$KD_CACHE_DIR`` if set, else ``~/.cache/kd-course`` (``$XDG_CACHE_HOME`` respected)."""
+    """``$KD_CACHE_DIR`` if set, else ``~/.cache/kd-course`` (``$XDG_CACHE_HOME`` respected).
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
     env = os.environ.get("KD_CACHE_DIR")
     if env:
         return Path(env).expanduser()
@@ -37,7 +56,10 @@ def cache_dir() -> Path:
 
 
 def config_key(config: dict) -> str:
-    """A short, stable hash of a JSON-serialisable configuration (12 hex digits)."""
+    """A short, stable hash of a JSON-serialisable configuration (12 hex digits).
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -48,6 +70,8 @@ def atomic_save_pretrained(folder: str | os.PathLike, *objects) -> Path:
     They are saved into a temporary sibling folder that is renamed to ``folder`` at the end;
     an existing ``folder`` is replaced only once the new one is complete. Models are saved as
     safetensors.
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -69,12 +93,55 @@ def atomic_save_pretrained(folder: str | os.PathLike, *objects) -> Path:
     return folder
 
 
+class _Record:
+    """Saved like a model: writes the entry's :data:`RECORD` into the folder being assembled."""
+
+    def __init__(self, record: dict) -> None:
+        self.record = record
+
+    def save_pretrained(self, path) -> None:
+        (Path(path) / RECORD).write_text(json.dumps(self.record, indent=1, default=str))
+
+
+def cached_model(
+    folder: str | os.PathLike,
+    load: Callable[[Path], T],
+    train: Callable[[Path], tuple[T, Sequence, dict]],
+) -> tuple[T, dict]:
+    """``(value, info)``: ``load(folder)`` when ``folder`` holds a complete entry, else ``train`` it and cache it.
+
+    ``train(scratch)`` returns ``(value, objects, record)``: what the caller gets, the objects to save
+    (anything with ``save_pretrained``: model, tokenizer), and a JSON-serialisable ``record`` (what
+    determined the model and what was measured). ``scratch`` is a working folder beside the entry for
+    checkpoints, so an interrupted training resumes; it is removed once the entry is written.
+    The objects and ``RECORD`` are saved together with :func:`atomic_save_pretrained`.
+
+    ``info`` is the record plus ``folder`` and ``from_cache``.
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
+    folder = Path(folder)
+    if (folder / RECORD).is_file():
+        value = load(folder)
+        record = json.loads((folder / RECORD).read_text())
+        return value, {**record, "folder": str(folder), "from_cache": True}
+    scratch = folder.with_name(folder.name + ".partial")
+    scratch.mkdir(parents=True, exist_ok=True)
+    value, objects, record = train(scratch)
+    with quiet_hf():
+        atomic_save_pretrained(folder, *objects, _Record(record))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return value, {**record, "folder": str(folder), "from_cache": False}
+
+
 def save_logits(path: str | os.PathLike, logits: torch.Tensor, idx: list[int] | torch.Tensor, meta: dict) -> Path:
     """Save teacher logits ``[N, C]`` with the example ids ``idx`` ``[N]`` they belong to.
 
     ``meta`` (JSON-serialisable: which teacher, task, split, …) is stored alongside and
     checked by :func:`load_logits`, so logits from another teacher or data subset are never
     silently reused.
+
+    Taught in notebook 05, section 3 (Task-specific distillation, step by step).
     """
     from safetensors.torch import save
 
@@ -90,7 +157,10 @@ def save_logits(path: str | os.PathLike, logits: torch.Tensor, idx: list[int] | 
 
 def load_logits(path: str | os.PathLike, expected_idx: list[int] | None = None, expected_meta: dict | None = None):
     """Load ``(logits [N, C], idx [N])`` saved by :func:`save_logits`, or ``None`` if the file
-    is absent or was made for other data (``idx`` or ``meta`` differ)."""
+    is absent or was made for other data (``idx`` or ``meta`` differ).
+
+    Taught in notebook 05, section 3 (Task-specific distillation, step by step).
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -109,3 +179,20 @@ def load_logits(path: str | os.PathLike, expected_idx: list[int] | None = None, 
     if expected_idx is not None and idx.tolist() != list(expected_idx):
         return None
     return logits, idx
+
+
+def cached_logits(model, data, path: str | os.PathLike, meta: dict, **predict) -> tuple[torch.Tensor, bool]:
+    """``(logits [N, C], from_cache)``: ``model``'s logits over ``data`` (an ``EncodedDataset``) from ``path``
+    when they were saved there for the same example ids and ``meta``, else computed with
+    :func:`kd_lib.training.predict_logits` (``**predict``: batch size, device, progress) and saved.
+
+    Taught in notebook 05, section 3 (Task-specific distillation, step by step).
+    """
+    from kd_lib.training import predict_logits
+
+    found = load_logits(path, expected_idx=data.idx, expected_meta=meta)
+    if found is not None:
+        return found[0], True
+    logits = predict_logits(model, data, **predict)
+    save_logits(path, logits, data.idx, meta)
+    return logits, False

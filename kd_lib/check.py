@@ -20,6 +20,11 @@ MIN_PYTHON = (3, 11)
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One line of ``python -m kd_lib check``: its status, what was checked, and how to fix a failure.
+
+    Course infrastructure (every notebook's first cells), not taught in a notebook.
+    """
+
     status: str  # "ok", "warn" or "fail"
     name: str
     detail: str
@@ -34,7 +39,10 @@ def _version(dist: str) -> str | None:
 
 
 def collect_versions() -> dict[str, str]:
-    """Versions of Python and the course's key packages (``"missing"`` when not installed)."""
+    """Versions of Python and the course's key packages (``"missing"`` when not installed).
+
+    Course infrastructure (every notebook's first cells), not taught in a notebook.
+    """
     versions = {"python": platform.python_version()}
     for dist in PACKAGES:
         versions[dist] = _version(dist) or "missing"
@@ -42,7 +50,10 @@ def collect_versions() -> dict[str, str]:
 
 
 def print_versions() -> None:
-    """Print the versions the notebooks were run with (the first cell of every notebook)."""
+    """Print the versions the notebooks were run with (the first cell of every notebook).
+
+    Course infrastructure (every notebook's first cells), not taught in a notebook.
+    """
     import torch
 
     for name, version in collect_versions().items():
@@ -52,7 +63,10 @@ def print_versions() -> None:
 
 
 def run_checks() -> list[CheckResult]:
-    """Run every environment check and return the results (nothing is printed)."""
+    """Run every environment check and return the results (nothing is printed).
+
+    Course infrastructure (every notebook's first cells), not taught in a notebook.
+    """
     results: list[CheckResult] = []
     py = sys.version_info[:2]
     results.append(
@@ -115,7 +129,10 @@ _LABELS = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the checks; return 0 if none failed, else 1."""
+    """Print the checks; return 0 if none failed, else 1.
+
+    Course infrastructure (every notebook's first cells), not taught in a notebook.
+    """
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     results = run_checks()
     for r in results:

@@ -31,7 +31,8 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=None,
                    help="a BERT model: local folder or hub name (online); default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--student-layers", type=_layers, default=None,
-                   help="a count (3) or teacher layer indices (0,2,4); default: every other teacher layer")
+                   help="a count (3) or the teacher's encoder layers to copy, counted from 0 (0,2,4); "
+                        "default: every other teacher layer")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature of the KD term (default 2)")
     p.add_argument("--alpha", type=float, default=None, help="weight of the KD term, in [0, 1] (default 0.5)")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the preset's)")
@@ -68,12 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    import os
-
+    from kd_lib.distributed import launched
     from kd_lib.pipeline import config_from_preset, results_table, run
     from kd_lib.utils import quiet_hf
 
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 reports
+    rank = launched().rank  # under torchrun: only rank 0 reports
     try:
         config = config_from_preset(
             args.preset, task=args.task, teacher=args.teacher, student_layers=args.student_layers,
@@ -103,7 +103,10 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m kd_lib``; returns the process exit code."""
+    """Entry point of ``python -m kd_lib``; returns the process exit code.
+
+    Taught in notebook 11, section 3 (On GPUs: the commands).
+    """
     args = _parser().parse_args(argv)
     if args.command == "check":
         from kd_lib.check import main as check
@@ -113,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_main() -> int:
-    """Entry point of the ``kd-check`` console script."""
+    """Entry point of the ``kd-check`` console script. Taught in notebook 11, section 3 (On GPUs: the commands)."""
     return main(["check"])
 
 
 def distill_main() -> int:
-    """Entry point of the ``kd-distill`` console script."""
+    """Entry point of the ``kd-distill`` console script. Taught in notebook 11, section 3 (On GPUs: the commands)."""
     return main(["distill", *sys.argv[1:]])

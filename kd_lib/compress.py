@@ -44,7 +44,10 @@ def _check_skip(skip: Sequence[str]) -> tuple[str, ...]:
 
 
 def is_quantized(model: nn.Module) -> bool:
-    """True if any submodule of ``model`` is a ``torch.ao`` quantized module (e.g. after :func:`quantize_dynamic`)."""
+    """True if any submodule of ``model`` is a ``torch.ao`` quantized module (e.g. after :func:`quantize_dynamic`).
+
+    Taught in notebook 07, section 4 (Dynamic int8 quantization).
+    """
     return any(type(m).__module__.startswith(QUANTIZED_MODULE_PREFIX) for m in model.modules())
 
 
@@ -53,6 +56,8 @@ def linear_layers(model: nn.Module, skip: Sequence[str] = ()) -> dict[str, nn.Li
 
     ``skip`` holds module names (as in ``model.named_modules()``); a name also skips everything
     inside it, so ``("classifier",)`` skips the head and ``("bert.encoder.layer.0",)`` a whole layer.
+
+    Taught in notebook 07, section 5 (Magnitude pruning).
     """
     skip = _check_skip(skip)
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(name, skip)}
@@ -101,6 +106,8 @@ def quantize_dynamic(
 
     Raises:
         ValueError: ``model`` is not on the CPU, is already quantized, or has no ``nn.Linear`` to quantize.
+
+    Taught in notebook 07, section 4 (Dynamic int8 quantization).
     """
     from torch.ao.quantization import (
         default_dynamic_qconfig,
@@ -165,6 +172,8 @@ def magnitude_prune(
 
     Raises:
         ValueError: ``sparsity`` outside [0, 1), an unknown ``scope``, or no Linear layer left.
+
+    Taught in notebook 07, section 5 (Magnitude pruning).
     """
     amount = _check_sparsity(sparsity)
     if scope not in {"global", "layer"}:
@@ -186,7 +195,10 @@ def magnitude_prune(
 
 
 def sparsity(model: nn.Module, skip: Sequence[str] = ()) -> float:
-    """Fraction of the ``nn.Linear`` weights of ``model`` (outside ``skip``) that are exactly zero."""
+    """Fraction of the ``nn.Linear`` weights of ``model`` (outside ``skip``) that are exactly zero.
+
+    Taught in notebook 07, section 5 (Magnitude pruning).
+    """
     layers = linear_layers(model, skip)
     if not layers:
         raise ValueError(f"model has no float nn.Linear layer to measure (skip={tuple(skip)!r})")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd_lib.utils import sha256_file
+from kd_lib.utils import sha256_file_cached
 
 __all__ = [
     "AUSTEN_FILES",
@@ -33,9 +33,11 @@ __all__ = [
     "austen_chapters",
     "clean_ag_news_text",
     "data_dir",
+    "eval_split",
     "load_austen",
     "load_task",
     "seeded_loader",
+    "set_label_names",
     "verify_data_file",
 ]
 
@@ -83,19 +85,41 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def eval_split(task: str) -> str:
+    """The labelled held-out split a task is evaluated on (``validation`` or ``test``).
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return next(s for s in TASKS[task].splits if s != "train")
+
+
+def set_label_names(model, task: str):
+    """Write ``task``'s class names into ``model.config`` (``id2label``/``label2id``), so a saved model
+    reports ``"positive"`` rather than ``LABEL_1``; returns the model.
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
+    label_names = TASKS[task].label_names
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    return model
+
+
 class DataFileError(FileNotFoundError):
-    """A data file is missing or does not match its recorded sha256."""
+    """A data file is missing or does not match its recorded sha256. Taught in notebook 04, section 1 (Tokenisation)."""
 
 
 def data_dir() -> Path:
-    """The folder holding the course data: ``$KD_DATA_DIR`` if set, else the repository's ``data/``."""
+    """The folder holding the course data: ``$KD_DATA_DIR`` if set, else the repository's ``data/``.
+
+    Taught in notebook 04, section 1 (Tokenisation).
+    """
     env = os.environ.get("KD_DATA_DIR")
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parent.parent / "data"
-
-
-_verified: dict[tuple[str, int, int], bool] = {}
 
 
 def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Path:
@@ -103,6 +127,8 @@ def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Pat
 
     Raises:
         DataFileError: the file is missing or altered; the message names it and the fix.
+
+    Taught in notebook 04, section 1 (Tokenisation).
     """
     recorded = DATA_FILES.get(relpath)
     if recorded is None:
@@ -115,18 +141,14 @@ def verify_data_file(relpath: str, root: str | os.PathLike | None = None) -> Pat
             f"repository (git checkout -- data/{relpath}), or set KD_DATA_DIR to the folder "
             "that holds sst2/, ag_news/ and austen/."
         )
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if not _verified.get(key):
-        actual = sha256_file(path)
-        if actual != recorded:
-            raise DataFileError(
-                f"data file {path} does not match its recorded sha256 (expected "
-                f"{recorded[:12]}…, got {actual[:12]}…): it was altered or "
-                f"truncated. Restore it with `git checkout -- data/{relpath}` (or re-copy it "
-                "from a fresh clone)."
-            )
-        _verified[key] = True
+    actual = sha256_file_cached(path)
+    if actual != recorded:
+        raise DataFileError(
+            f"data file {path} does not match its recorded sha256 (expected "
+            f"{recorded[:12]}…, got {actual[:12]}…): it was altered or "
+            f"truncated. Restore it with `git checkout -- data/{relpath}` (or re-copy it "
+            "from a fresh clone)."
+        )
     return path
 
 
@@ -149,6 +171,8 @@ def clean_ag_news_text(text: str) -> str:
 
     >>> clean_ag_news_text("It #39;s \\\\$5 a day.\\\\Reuters &lt;b&gt;")
     "It's $5 a day. Reuters"
+
+    Taught in notebook 04, section 4 (The teacher's soft labels).
     """
     text = _NUMERIC_ENTITY.sub(_numeric_entity, text)
     text = _NAMED_ENTITY.sub(lambda m: f"&{m.group(1)};", text)
@@ -196,6 +220,8 @@ def load_task(
     Returns:
         ``DatasetDict`` with columns ``idx`` (int64, row in the original file), ``text`` (str)
         and ``label`` (``ClassLabel`` with the task's names).
+
+    Taught in notebook 04, section 1 (Tokenisation).
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -243,6 +269,8 @@ def austen_chapters(text: str) -> list[str]:
 
     Returns:
         The chapters in reading order (Emma's three volumes run on: 18 + 18 + 19 chapters).
+
+    Taught in notebook 09, section 1 (The text: Jane Austen's six novels).
     """
     end = _END.search(text)
     body = text[: end.start()] if end else text
@@ -272,6 +300,8 @@ def load_austen(heldout_every: int = 10, root: str | os.PathLike | None = None):
         ``DatasetDict`` with splits ``train`` and ``heldout`` and columns ``idx`` (int64, the
         chapter's position among all 269 in :data:`AUSTEN_NOVELS` order), ``novel`` (file stem,
         e.g. ``"emma"``), ``chapter`` (1-based number within the novel) and ``text``.
+
+    Taught in notebook 09, section 1 (The text: Jane Austen's six novels).
     """
     from datasets import Dataset, DatasetDict, Features, Value
 
@@ -293,7 +323,10 @@ def load_austen(heldout_every: int = 10, root: str | os.PathLike | None = None):
 
 
 def seeded_loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset`` batched by its own ``collate``; shuffled by a generator seeded by ``seed``."""
+    """A DataLoader over ``dataset`` batched by its own ``collate``; shuffled by a generator seeded by ``seed``.
+
+    Taught in notebook 04, section 1 (Tokenisation).
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
@@ -309,6 +342,8 @@ class EncodedDataset:
     same order, so ``cached[batch["row"]]`` stays aligned however the loader shuffles.
     Sequences are truncated to ``max_length`` but not padded: :func:`collate` pads each batch
     only to its own longest sequence (dynamic padding).
+
+    Taught in notebook 04, section 1 (Tokenisation).
     """
 
     def __init__(self, split, tokenizer, max_length: int = 64) -> None:

@@ -34,6 +34,8 @@ def load_encoder(name_or_path: str | os.PathLike | None = None):
 
     Raises:
         kd_lib.models.TeacherIntegrityError: the packaged weights were altered.
+
+    Taught in notebook 01, section 4 (Dark knowledge in a real teacher).
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -54,6 +56,8 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
     Returns:
         ``[N, H]``: for each sentence, the sum of its real token vectors divided by their count.
+
+    Taught in notebook 01, section 4 (Dark knowledge in a real teacher).
     """
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(
@@ -86,6 +90,8 @@ def encode(
 
     Returns:
         Float32 tensor ``[N, H]`` on the CPU (``H = 384`` for all-MiniLM-L6-v2).
+
+    Taught in notebook 01, section 4 (Dark knowledge in a real teacher).
     """
     if isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not a single string: wrap it in a list")
@@ -117,5 +123,8 @@ def encode(
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities between the rows of ``a`` ``[N, H]`` and ``b`` ``[M, H]``: ``[N, M]``."""
+    """Cosine similarities between the rows of ``a`` ``[N, H]`` and ``b`` ``[M, H]``: ``[N, M]``.
+
+    Taught in notebook 08, section 1 (The teacher is a search engine).
+    """
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T

@@ -24,7 +24,6 @@ transfer text label-free, and :func:`train_once` caches the models trained on ea
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd_lib.cache import atomic_save_pretrained, cache_dir, config_key
+from kd_lib.cache import cache_dir, cached_model, config_key
 from kd_lib.losses import check_temperature, softmax_t
 from kd_lib.transfer import WITHHELD
 from kd_lib.utils import quiet_hf
@@ -51,7 +50,6 @@ __all__ = [
 ]
 
 MODES = ("probs", "logits")
-MARKER = "kd_model.json"  # written beside a cached model's weights, inside the same atomic swap
 
 
 def _stack(teacher_logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -122,6 +120,8 @@ def ensemble_probs(
 
     Returns:
         ``[N, C]``, non-negative, each row summing to 1.
+
+    Taught in notebook 10, section 1 (One target from several teachers).
     """
     mode = _check_mode(mode)
     temperature = check_temperature(temperature)
@@ -144,6 +144,8 @@ def ensemble_logits(
     ``mode="probs"`` returns ``T * log p`` (probabilities below the smallest positive float are
     clamped to it, so the logits stay finite): valid **at this temperature only** -- distil from
     them with the same ``T`` (``kd_from_cache(ensemble_logits(z, T), T, ...)``).
+
+    Taught in notebook 10, section 1 (One target from several teachers).
     """
     if _check_mode(mode) == "logits":
         z = _stack(teacher_logits)
@@ -162,6 +164,8 @@ def accuracy_weights(accuracies: Sequence[float] | torch.Tensor, num_classes: in
 
     Returns:
         ``[K]`` float weights summing to 1.
+
+    Taught in notebook 10, section 1 (One target from several teachers).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
@@ -188,6 +192,8 @@ def confidence_weights(teacher_logits: torch.Tensor | Sequence[torch.Tensor], te
 
     Returns:
         ``[K, N]`` weights, summing to 1 over the teachers for every example.
+
+    Taught in notebook 10, section 1 (One target from several teachers).
     """
     z = _stack(teacher_logits)
     top = softmax_t(z, temperature).amax(-1)
@@ -227,6 +233,8 @@ def client_split(
 
     Returns:
         ``K`` sorted lists of row positions, pairwise disjoint, together covering ``0 .. N-1``.
+
+    Taught in notebook 10, section 2 (Dealing the data to clients, with no sentence in two places).
     """
     if isinstance(labels_or_n, int | np.integer) and not isinstance(labels_or_n, bool):
         labels, n = None, int(labels_or_n)
@@ -273,6 +281,8 @@ def hide_labels(split):
     than dropping the column) keeps it usable by ``EncodedDataset`` and makes any accidental use
     fail: cross-entropy and ``distillation_loss`` reject the label -1, while
     :func:`kd_lib.transfer.kd_with_transfer` trains on such rows with the soft targets alone.
+
+    Taught in notebook 10, section 2 (Dealing the data to clients, with no sentence in two places).
     """
     from datasets import Dataset, Value
 
@@ -305,25 +315,21 @@ def train_once(
 
     Returns:
         The model (eval mode, CPU) and ``info`` plus ``folder`` and ``from_cache``.
+
+    Taught in notebook 10, section 3 (A teacher per client, and the pooled model).
     """
     from transformers import AutoModelForSequenceClassification
 
     if not name or "/" in name or os.sep in name:
         raise ValueError(f"name must be a non-empty folder name without path separators; got {name!r}")
     root = Path(cache_root) if cache_root is not None else cache_dir()
-    folder = root / "models" / f"{name}-{config_key(config)}"
-    if (folder / MARKER).is_file():
+
+    def load(folder: Path):
         with quiet_hf():
-            model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
-        info = json.loads((folder / MARKER).read_text())
-        return model.eval(), {**info, "folder": str(folder), "from_cache": True}
-    model, info = train()
-    record = {**info, "config": config}
+            return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
 
-    class _Record:  # saved inside the atomic folder swap, so weights and record appear together
-        def save_pretrained(self, path):
-            (Path(path) / MARKER).write_text(json.dumps(record, indent=1, default=str))
+    def train_and_record(_scratch: Path):
+        model, info = train()
+        return model.eval(), (model,), {**info, "config": config}
 
-    with quiet_hf():
-        atomic_save_pretrained(folder, model, _Record())
-    return model.eval(), {**record, "folder": str(folder), "from_cache": False}
+    return cached_model(root / "models" / f"{name}-{config_key(config)}", load, train_and_record)

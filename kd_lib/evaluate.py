@@ -3,7 +3,7 @@
 - **Beyond accuracy**: :func:`agreement` (how often two models predict the same class),
   :func:`expected_calibration_error` and :func:`reliability_bins` / :func:`reliability_diagram`
   (does a model's confidence match how often it is right?). :func:`accuracy` is
-  :func:`kd_lib.distill.accuracy`, re-exported here.
+  :func:`kd_lib.training.accuracy`, re-exported here.
 - **Cost**: :func:`count_params`, :func:`size_on_disk_mb` (also for int8-quantized models) and
   :func:`measure_speed`; :func:`pareto_front` picks the models that no other beats on every count.
 
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +29,13 @@ from torch import nn
 
 from kd_lib.compress import QUANTIZED_MODULE_PREFIX, is_quantized
 from kd_lib.data import EncodedDataset
-from kd_lib.distill import accuracy
+from kd_lib.training import accuracy
 
 __all__ = [
     "ReliabilityBins",
     "accuracy",
     "agreement",
+    "alternating_medians",
     "count_params",
     "expected_calibration_error",
     "measure_speed",
@@ -71,6 +71,8 @@ def agreement(a_logits: torch.Tensor, b_logits: torch.Tensor) -> float:
     Unlike accuracy, it needs no labels: a compressed model with 97 % agreement changed 3 % of
     the original's decisions, whatever their accuracies say (two models can have the same
     accuracy and disagree on many examples).
+
+    Taught in notebook 07, section 1 (Accuracy, and how often the two models agree).
     """
     _check_logits(a_logits, "a_logits")
     _check_logits(b_logits, "b_logits")
@@ -89,6 +91,8 @@ class ReliabilityBins:
         count: ``[n_bins]`` (int64) predictions per bin.
         accuracy: ``[n_bins]`` fraction correct per bin; NaN for an empty bin.
         confidence: ``[n_bins]`` mean confidence (the top softmax probability) per bin; NaN if empty.
+
+    Taught in notebook 07, section 2 (Calibration: can the confidence be trusted?).
     """
 
     edges: torch.Tensor
@@ -109,6 +113,8 @@ def reliability_bins(logits: torch.Tensor, labels, n_bins: int = 15) -> Reliabil
 
     The confidence of a row is its largest softmax probability (in float64), its prediction the
     arg-max; ``labels`` ``[N]`` are the true classes.
+
+    Taught in notebook 07, section 2 (Calibration: can the confidence be trusted?).
     """
     _check_logits(logits)
     labels = _check_labels(labels, logits)
@@ -135,6 +141,8 @@ def expected_calibration_error(logits: torch.Tensor, labels, n_bins: int = 15) -
     average gap, in probability (0 = calibrated, 1 = worst), between how sure the model is and
     how often it is right. Small bins are noisy, so compare ECEs measured with the same ``n_bins``
     on the same data.
+
+    Taught in notebook 07, section 2 (Calibration: can the confidence be trusted?).
     """
     return reliability_bins(logits, labels, n_bins).ece
 
@@ -145,6 +153,8 @@ def reliability_diagram(logits: torch.Tensor, labels, n_bins: int = 10, ax=None,
     Bars: accuracy per confidence bin; red outlines: the gap to the bin's mean confidence; dashed
     diagonal: perfect calibration. The ECE (with these ``n_bins``) and ``title`` go in the title.
     Bins with fewer than 1 % of the predictions are drawn lighter: their accuracy is noise.
+
+    Taught in notebook 07, section 2 (Calibration: can the confidence be trusted?).
     """
     import matplotlib.pyplot as plt
 
@@ -181,6 +191,8 @@ def pareto_front(accuracy: Sequence[float], *costs: Sequence[float]) -> list[boo
 
     Returns:
         ``[M]`` booleans, True for the models on the front.
+
+    Taught in notebook 07, section 6 (Speed and size, measured together).
     """
     if not costs:
         raise ValueError("pareto_front needs at least one cost (e.g. latency) besides the accuracy")
@@ -200,6 +212,8 @@ def count_params(model: nn.Module) -> int:
 
     A ``torch.ao`` quantized layer keeps its int8 weight and bias outside ``parameters()``;
     they are counted here, so a quantized copy has as many parameters as the original.
+
+    Taught in notebook 05, section 1 (DistilBERT: what it keeps, what it drops).
     """
     n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     for module in model.modules():
@@ -211,7 +225,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def state_dict_mb(model: nn.Module) -> float:
-    """Size in MB (10^6 bytes) of ``torch.save(model.state_dict())``, measured in memory."""
+    """Size in MB (10^6 bytes) of ``torch.save(model.state_dict())``, measured in memory.
+
+    Taught in notebook 07, section 6 (Speed and size, measured together).
+    """
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes / 1e6
@@ -225,6 +242,8 @@ def size_on_disk_mb(model: nn.Module) -> float:
     ``save_pretrained`` exist on a plain ``nn.Module``): those are measured as
     :func:`state_dict_mb`, the bytes of ``torch.save(state_dict)``, which for a float model is
     within a fraction of a percent of the safetensors size (a test checks it).
+
+    Taught in notebook 05, section 4 (The comparison: teacher, KD student, CE student, random student).
     """
     from kd_lib.utils import quiet_hf
 
@@ -269,6 +288,8 @@ def measure_speed(
     Raises:
         ValueError: a quantized model (see :mod:`kd_lib.compress`) with a device other than the CPU;
             a count below 1 (``warmup`` below 0).
+
+    Taught in notebook 05, section 4 (The comparison: teacher, KD student, CE student, random student).
     """
     for name, value, least in (("batch_size", batch_size, 1), ("n_batches", n_batches, 1),
                                ("latency_examples", latency_examples, 1), ("repeats", repeats, 1),
@@ -295,27 +316,32 @@ def measure_speed(
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    for _ in range(warmup):
-        for model in models.values():
-            run(model, batches)
-            run(model, singles[:4])
-    times: dict[str, list[float]] = {name: [] for name in models}
-    lat: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            model = models[name]
-            times[name].append(run(model, batches))
-            lat[name].append(run(model, singles) / len(singles))
+    jobs = {name: (lambda model=model: (run(model, batches), run(model, singles) / len(singles)))
+            for name, model in models.items()}
+    medians = alternating_medians(jobs, repeats=repeats, warmup=warmup)
     return {
-        name: {
-            "throughput_per_s": n_examples / statistics.median(times[name]),
-            "latency_ms_batch1": 1000 * statistics.median(lat[name]),
-        }
-        for name in models
+        name: {"throughput_per_s": n_examples / batch_s, "latency_ms_batch1": 1000 * single_s}
+        for name, (batch_s, single_s) in medians.items()
     }
 
 
-def num_threads_note() -> str:
-    """A one-line description of the CPU threads used, for reports."""
-    return f"{torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs"
+def alternating_medians(
+    jobs: dict[str, Callable[[], Sequence[float]]], *, repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Time several jobs fairly: each returns the seconds of its timed parts; after ``warmup`` untimed
+    rounds the jobs run in alternation, ``repeats`` rounds, each round starting with the next job (so
+    none always runs first and a slow moment of the machine hits all of them); returns the median of
+    each part, per job.
+
+    Taught in notebook 07, section 6 (Speed and size, measured together).
+    """
+    for _ in range(warmup):
+        for job in jobs.values():
+            job()
+    times: dict[str, list[Sequence[float]]] = {name: [] for name in jobs}
+    names = list(jobs)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(jobs[name]())
+    return {name: [statistics.median(part) for part in zip(*rounds, strict=True)] for name, rounds in times.items()}
+

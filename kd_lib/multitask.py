@@ -10,7 +10,7 @@ one student from several single-task teachers. Here:
   so that it starts from exactly the weights of the single-task students built the same way.
 - :class:`MultiTaskData` deals batches of several tasks in a shuffled order, each batch from one
   task (tagged ``batch["task"]``); :func:`multitask_kd` distils each batch from its own teacher's
-  cached logits. Both plug into :func:`kd_lib.distill.fit` unchanged.
+  cached logits. Both plug into :func:`kd_lib.training.fit` unchanged.
 - :func:`share_frozen_embeddings` freezes the input embeddings and lets several students share
   them (one table stored once, counted once by :func:`kd_lib.evaluate.count_params`).
 """
@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from kd_lib.data import EncodedDataset
-from kd_lib.distill import LossFn, kd_from_cache
+from kd_lib.distill import kd_from_cache
 from kd_lib.students import distilbert_from_bert
+from kd_lib.training import LossFunction
 
 __all__ = [
     "ClassificationHead",
@@ -47,6 +48,8 @@ class ClassificationHead(nn.Module):
 
     ``logits = classifier(dropout(ReLU(pre_classifier(h_cls))))``, exactly as in
     ``DistilBertForSequenceClassification``.
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
     """
 
     def __init__(self, pre_classifier: nn.Linear, classifier: nn.Linear, dropout: float = 0.2) -> None:
@@ -82,6 +85,8 @@ class MultiTaskOutput:
     ``task_logits`` maps each computed task to its logits ``[B, C_task]``; ``logits`` is the
     requested task's (``None`` when no task was named); ``hidden_states`` as in transformers
     (with ``output_hidden_states=True``).
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
     """
 
     logits: torch.Tensor | None
@@ -90,7 +95,10 @@ class MultiTaskOutput:
 
 
 class MultiTaskStudent(nn.Module):
-    """A shared encoder ``body`` (a ``DistilBertModel``) and one :class:`ClassificationHead` per task."""
+    """A shared encoder ``body`` (a ``DistilBertModel``) and one :class:`ClassificationHead` per task.
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
+    """
 
     def __init__(self, body: nn.Module, heads: Mapping[str, ClassificationHead]) -> None:
         super().__init__()
@@ -142,7 +150,10 @@ class MultiTaskStudent(nn.Module):
 
 class TaskView(nn.Module):
     """A :class:`MultiTaskStudent` seen as a classifier of one task: ``forward`` returns that
-    task's logits in ``.logits``, which is what ``kd_lib.distill`` and ``kd_lib.evaluate`` read."""
+    task's logits in ``.logits``, which is what ``kd_lib.distill`` and ``kd_lib.evaluate`` read.
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
+    """
 
     def __init__(self, student: MultiTaskStudent, task: str) -> None:
         super().__init__()
@@ -165,6 +176,8 @@ def multitask_from_bert(
 
     Returns:
         The student, in train mode, on the CPU.
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
     """
     if not num_labels:
         raise ValueError("num_labels must map at least one task name to its number of classes, e.g. {'sst2': 2}")
@@ -182,6 +195,8 @@ class MultiTaskData:
     throughout the epoch. ``len()`` is the total number of examples; an epoch has
     ``sum_t ceil(N_t / batch_size)`` batches, ``len(data.loader(batch_size))``, which is the step
     count ``fit`` schedules.
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
     """
 
     def __init__(self, datasets: Mapping[str, EncodedDataset]) -> None:
@@ -225,13 +240,17 @@ class _TaskBatches:
             yield {**next(loaders[task]), "task": task}
 
 
-def multitask_kd(teacher_logits: Mapping[str, torch.Tensor], temperature: float = 2.0, alpha: float = 0.5) -> LossFn:
-    """A loss for :func:`kd_lib.distill.fit` over :class:`MultiTaskData` batches.
+def multitask_kd(
+    teacher_logits: Mapping[str, torch.Tensor], temperature: float = 2.0, alpha: float = 0.5
+) -> LossFunction:
+    """An objective for :func:`kd_lib.training.fit` over :class:`MultiTaskData` batches.
 
     A batch of task ``t`` gets ``distillation_loss`` (``alpha`` · KD at ``temperature`` +
     ``(1 - alpha)`` · CE) between the student's head ``t`` and ``teacher_logits[t]`` ``[N_t, C_t]``,
     looked up by ``batch["row"]`` (:func:`kd_lib.distill.kd_from_cache`). Tasks are weighted by
     their number of batches.
+
+    Taught in notebook 10, section 6 (Two teachers, two tasks, one student).
     """
     if not teacher_logits:
         raise ValueError("teacher_logits must map at least one task name to its cached logits [N, C]")
@@ -243,8 +262,7 @@ def multitask_kd(teacher_logits: Mapping[str, torch.Tensor], temperature: float 
             raise ValueError(f"batch of task {task!r} but teacher logits only for {list(per_task)}")
         return per_task[task](SimpleNamespace(logits=outputs.task_logits[task]), batch)
 
-    loss.needs_hidden_states = False
-    return loss
+    return LossFunction(loss)
 
 
 def _embeddings(model: nn.Module) -> tuple[nn.Module, str]:
@@ -267,6 +285,8 @@ def share_frozen_embeddings(models: Sequence[nn.Module]) -> nn.Module:
     changes none of them. A frozen, shared table is stored once, and ``count_params`` over all
     the models counts it once. Frozen embeddings also make a CPU training step cheaper: AdamW no
     longer updates the ~12 M parameters of the vocabulary table.
+
+    Taught in notebook 10, section 3 (A teacher per client, and the pooled model).
     """
     if not models:
         raise ValueError("models must hold at least one model")

@@ -1,52 +1,56 @@
 """The main job: fine-tune a teacher, distil a DistilBERT student, compare, report -- resumably.
 
-``run(DistillConfig(...), output_dir)`` runs the stages below. Each finished stage is recorded
-in ``output_dir/state.json`` and skipped on a re-run; training stages checkpoint every epoch.
+``run(DistillConfig(...), output_dir)`` runs the stages below, one function each. Each finished
+stage is recorded in ``output_dir/state.json`` and skipped on a re-run; training stages checkpoint
+every epoch.
 
-1. ``teacher``   fine-tune (or reuse from the cache) the teacher; evaluate it.
-2. ``logits``    the teacher's logits over the training set, computed once, saved to disk.
+1. ``teacher``    fine-tune (or reuse from the cache) the teacher; evaluate it.
+2. ``logits``     the teacher's logits over the training set, computed once, saved to disk.
 3. ``student_kd`` the DistilBERT student trained with ``distillation_loss`` from those logits.
-4. ``ce_only``   the same student (same initialisation, same steps) trained on labels only.
-5. ``speed``     teacher vs student throughput (batch 64) and batch-1 latency, alternating.
-6. ``report``    ``results.json``, ``report.md``, ``results.png``; the student is in ``student/``.
+4. ``ce_only``    the same student (same initialisation, same steps) trained on labels only.
+5. ``speed``      teacher vs student throughput (batch 64) and batch-1 latency, alternating.
+6. ``report``     ``results.json``, ``report.md``, ``results.png``; the student is in ``student/``.
 
-The students train with the course's loop (``backend="loop"``, :func:`kd_lib.distill.fit`) or with
+The students train with the course's loop (``backend="loop"``, :func:`kd_lib.training.fit`) or with
 the ``transformers`` Trainer (``backend="trainer"``, :func:`kd_lib.trainer.trainer_fit`); both
 give the same ``results.json``. ``run`` works unchanged in every process of a ``torchrun`` or
 ``accelerate launch`` job: rank 0 fine-tunes the teacher and computes its logits while the
 others wait, every process trains its share of each batch, and only rank 0 evaluates and writes
 (``output_dir`` and ``$KD_CACHE_DIR`` must be on a file system all processes share).
+
+Run in notebook 11 (Scaling up), section 2; its stages are notebooks 04 and 05 run end to end.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from kd_lib.cache import atomic_save_pretrained, load_logits, save_logits
-from kd_lib.data import TASKS, EncodedDataset, load_task
-from kd_lib.distill import (
-    PRECISIONS,
+from kd_lib import distributed
+from kd_lib.cache import atomic_save_pretrained, cached_logits
+from kd_lib.data import TASKS, EncodedDataset, eval_split, load_task, set_label_names
+from kd_lib.distill import kd_from_cache
+from kd_lib.distributed import Processes
+from kd_lib.evaluate import count_params, measure_speed, size_on_disk_mb
+from kd_lib.losses import check_alpha, check_temperature
+from kd_lib.models import resolve_teacher
+from kd_lib.students import choose_student_layers, distilbert_from_bert
+from kd_lib.teacher import TeacherRecipe, finetuned_teacher
+from kd_lib.training import (
     TrainSettings,
     ce_loss,
+    check_batch_split,
     check_precision,
     evaluate_accuracy,
     fit,
-    kd_from_cache,
-    predict_logits,
 )
-from kd_lib.evaluate import count_params, measure_speed, size_on_disk_mb
-from kd_lib.losses import check_alpha, check_temperature
-from kd_lib.students import default_student_layers, distilbert_from_bert
-from kd_lib.teacher import MARKER, TeacherRecipe, eval_split, finetuned_teacher
 from kd_lib.utils import atomic_write_bytes, set_seed
 
 __all__ = ["BACKENDS", "PRESETS", "DistillConfig", "config_from_preset", "run", "validate"]
@@ -56,7 +60,10 @@ BACKENDS = ("loop", "trainer")  # the course's training loop, or the transformer
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Every setting of one run of the main job (serialised into ``results.json``)."""
+    """Every setting of one run of the main job (serialised into ``results.json``).
+
+    Taught in notebook 11, section 2 (Many processes: data parallelism).
+    """
 
     preset: str = "default"
     task: str = "sst2"
@@ -75,16 +82,22 @@ class DistillConfig:
     teacher_epochs: int = 1
     teacher_lr: float = 1e-4
     device: str = "cpu"
-    backend: str = "loop"  # how the students train: "loop" (kd_lib.distill.fit) or "trainer" (transformers)
+    backend: str = "loop"  # how the students train: "loop" (kd_lib.training.fit) or "trainer" (transformers)
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size counts the whole step)
     precision: str = "fp32"  # or mixed precision on CUDA GPUs: "bf16", "fp16"
     extra: dict = field(default_factory=dict)
 
     def teacher_recipe(self) -> TeacherRecipe:
+        """The recipe of this run's fine-tuned teacher (its cache key)."""
         return TeacherRecipe(
             task=self.task, teacher=self.teacher, train_limit=self.train_limit, epochs=self.teacher_epochs,
             lr=self.teacher_lr, batch_size=self.batch_size, max_length=self.max_length, seed=self.teacher_seed,
         )
+
+    def student_settings(self) -> TrainSettings:
+        """How both students train (the KD student and the CE-only baseline)."""
+        return TrainSettings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                             grad_accum=self.grad_accum, precision=self.precision)
 
 
 PRESETS: dict[str, dict] = {
@@ -100,42 +113,34 @@ PRESETS: dict[str, dict] = {
 
 
 def config_from_preset(preset: str = "default", **overrides) -> DistillConfig:
-    """A :class:`DistillConfig` from a preset, with ``overrides`` (``None`` values ignored)."""
+    """A :class:`DistillConfig` from a preset, with ``overrides`` (``None`` values ignored).
+
+    Taught in notebook 11, section 2 (Many processes: data parallelism).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return DistillConfig(preset=preset, **values)
 
 
-def _teacher_config(name_or_path: str | None):
-    """The teacher's ``PretrainedConfig`` without loading weights (offline-safe)."""
-    from transformers import AutoConfig
-
-    from kd_lib.models import _resolve_hub_name, packaged_teacher_path
-
-    if name_or_path is None:
-        return AutoConfig.from_pretrained(packaged_teacher_path()), packaged_teacher_path()
-    folder = Path(name_or_path).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"--teacher {name_or_path}: the folder has no config.json (is it a saved model?)")
-        return AutoConfig.from_pretrained(folder), folder
-    return AutoConfig.from_pretrained(_resolve_hub_name(str(name_or_path))), None
+# ---------------------------------------------------------------------------------------------
+# Checking every setting before any training
+# ---------------------------------------------------------------------------------------------
 
 
-def validate(config: DistillConfig) -> DistillConfig:
-    """Check every setting before any training; return the config with student layers resolved.
+def _positive_int(value, option: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be a positive integer; got {value!r}")
 
-    Raises ``ValueError`` naming the option and the fix.
-    """
+
+def _check_options(config: DistillConfig, world: int) -> None:
+    """The options on their own: names, ranges, device and backend, and how a batch splits over processes."""
     if config.task not in TASKS:
         raise ValueError(f"--task {config.task!r} is unknown; choose one of: {', '.join(sorted(TASKS))}")
     check_temperature(config.temperature, "--temperature")
     check_alpha(config.alpha, "--alpha")
     for name in ("epochs", "batch_size", "teacher_epochs"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value!r}")
+        _positive_int(getattr(config, name), f"--{name.replace('_', '-')}")
     if not isinstance(config.max_length, int) or not 8 <= config.max_length <= 512:
         raise ValueError(f"--max-length must be between 8 and 512 tokens; got {config.max_length!r}")
     for name in ("train_limit", "eval_limit"):
@@ -148,40 +153,38 @@ def validate(config: DistillConfig) -> DistillConfig:
         raise ValueError(f"--device must be cpu, cuda, cuda:N or mps; got {config.device!r}")
     if config.backend not in BACKENDS:
         raise ValueError(f"--backend {config.backend!r} is unknown; choose one of: {', '.join(BACKENDS)}")
-    if isinstance(config.grad_accum, bool) or not isinstance(config.grad_accum, int) or config.grad_accum < 1:
-        raise ValueError(f"--grad-accum must be a positive integer (micro-batches per step); got {config.grad_accum!r}")
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {config.precision!r}")
+    _positive_int(config.grad_accum, "--grad-accum")
     check_precision(config.precision, config.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if config.batch_size % (config.grad_accum * world):
-        raise ValueError(
-            f"--batch-size {config.batch_size} must be a multiple of --grad-accum {config.grad_accum} x {world} "
-            f"process(es) = {config.grad_accum * world}: it counts the examples of one optimizer step, split "
-            "evenly over micro-batches and processes"
-        )
+    check_batch_split(config.batch_size, config.grad_accum, world)
     if (world > 1 or config.backend == "trainer") and config.device not in {"cpu", "cuda"}:
         who = f"{world} processes" if world > 1 else "--backend trainer"
         raise ValueError(f"with {who}, --device must be cpu or cuda (each process takes its own GPU, "
                          f"cuda:LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES); got {config.device!r}")
 
-    teacher_cfg, folder = _teacher_config(config.teacher)
+
+def _check_teacher(config: DistillConfig):
+    """The teacher's config (read without its weights): a BERT, with a fitting head and tokenizer."""
+    try:
+        source = resolve_teacher(config.teacher)
+    except FileNotFoundError as exc:
+        raise ValueError(f"--teacher {config.teacher}: {exc}") from None
+    teacher_cfg = source.config()
     if teacher_cfg.model_type != "bert":
         raise ValueError(
             f"--teacher {config.teacher}: a {teacher_cfg.model_type!r} model; the BERT → DistilBERT "
             "mapping needs a BERT teacher (e.g. bert-base-uncased or the packaged default)"
         )
     n_labels = len(TASKS[config.task].label_names)
-    if folder is not None and (folder / MARKER).is_file() and teacher_cfg.num_labels != n_labels:
+    if source.finetuned and teacher_cfg.num_labels != n_labels:
         raise ValueError(
             f"--teacher {config.teacher} was fine-tuned for {teacher_cfg.num_labels} labels but --task "
             f"{config.task} has {n_labels}: pass a teacher fine-tuned on {config.task}, or a base model"
         )
-    if folder is not None:
+    if source.kind == "folder":
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(source.location)
         except Exception as exc:
             raise ValueError(f"--teacher {config.teacher}: no usable tokenizer in the folder ({exc})") from exc
         if len(tokenizer) > teacher_cfg.vocab_size:
@@ -189,29 +192,29 @@ def validate(config: DistillConfig) -> DistillConfig:
                 f"--teacher {config.teacher}: its tokenizer has {len(tokenizer)} tokens but the model's "
                 f"vocabulary only {teacher_cfg.vocab_size}; the tokenizer does not belong to this model"
             )
-    n_teacher = teacher_cfg.num_hidden_layers
-    layers = config.student_layers
-    if layers is None:
-        layers = default_student_layers(n_teacher)
-    elif isinstance(layers, int) and not isinstance(layers, bool):
-        if not 1 <= layers <= n_teacher:
-            raise ValueError(
-                f"--student-layers {layers}: a student needs between 1 and the teacher's {n_teacher} layers"
-            )
-        layers = default_student_layers(n_teacher, layers)
-    else:
-        layers = list(layers)
-        bad = [i for i in layers if not 0 <= i < n_teacher]
-        if bad or not layers or layers != sorted(set(layers)):
-            raise ValueError(
-                f"--student-layers {','.join(map(str, layers))}: give a count (1..{n_teacher}) or strictly "
-                f"increasing teacher layer indices in 0..{n_teacher - 1} (the teacher has {n_teacher} layers)"
-            )
+    return teacher_cfg
+
+
+def validate(config: DistillConfig) -> DistillConfig:
+    """Check every setting before any training; return the config with the student's teacher layers resolved.
+
+    Raises ``ValueError`` naming the option and the fix.
+
+    Taught in notebook 11, section 2 (Many processes: data parallelism).
+    """
+    _check_options(config, distributed.launched().world)
+    n_teacher = _check_teacher(config).num_hidden_layers
+    layers = choose_student_layers(config.student_layers, n_teacher, "--student-layers")
     return replace(config, student_layers=tuple(layers))
 
 
+# ---------------------------------------------------------------------------------------------
+# The run: its state, and one function per stage
+# ---------------------------------------------------------------------------------------------
+
+
 class _State:
-    """``state.json``: the finished stages of a run in ``output_dir``, written atomically."""
+    """``state.json``: the finished stages of a run in ``output_dir``, written atomically (by rank 0)."""
 
     def __init__(self, output_dir: Path, config: DistillConfig, overwrite: bool, write: bool = True) -> None:
         self.path, self.write = output_dir / "state.json", write
@@ -240,54 +243,149 @@ class _State:
         return result
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+@dataclass
+class _Job:
+    """One run of the main job, as every stage sees it."""
+
+    config: DistillConfig
+    output_dir: Path
+    device: str
+    processes: Processes
+    state: _State
+    progress: bool
+    log: Callable[..., None]
+    checkpoint_every: int | None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output_dir / "checkpoints"
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def _teacher_stage(job: _Job):
+    """Stage 1: rank 0 fine-tunes the teacher (or finds it cached), the others then load it; its accuracy."""
+    config, state, start = job.config, job.state, time.perf_counter()
+    teacher, tokenizer, info = distributed.rank0_first(
+        lambda: finetuned_teacher(config.teacher_recipe(), device=job.device, progress=job.progress))
+    teacher.to(job.device).eval()
+    split = eval_split(config.task)
+    limits = {"train": config.train_limit, split: config.eval_limit}
+    data = load_task(config.task, limit={k: v for k, v in limits.items() if v}, seed=config.teacher_seed)
+    train = EncodedDataset(data["train"], tokenizer, config.max_length)
+    held_out = EncodedDataset(data[split], tokenizer, config.max_length)
+    if job.processes.main and not state.done("teacher"):
+        job.log(f"teacher: {'cached' if info.get('from_cache') else 'fine-tuned'} at {info['folder']}")
+        # fine-tuning already evaluated on the whole held-out split: reuse it
+        reuse = (config.eval_limit is None and "accuracy" in info
+                 and info.get("recipe", {}).get("max_length") == config.max_length)
+        state.finish("teacher", {
+            "accuracy": info["accuracy"] if reuse else evaluate_accuracy(teacher, held_out, device=job.device),
+            "folder": info["folder"],
+            "from_cache": bool(info.get("from_cache")),
+            "finetune_wall_s": info.get("wall_s"),
+            "wall_s": time.perf_counter() - start,
+        })
+    if job.processes.main:
+        job.log(f"teacher accuracy on {split}: {state.done('teacher')['accuracy']:.4f}")
+    return teacher, tokenizer, train, held_out
 
 
-def _from_rank0(obj):
-    """``obj`` as rank 0 has it, in every process (the identity in a single process)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def _logits_stage(job: _Job, teacher, train: EncodedDataset) -> torch.Tensor:
+    """Stage 2: the teacher's logits over the training set, computed (or loaded) once by rank 0, shared."""
+    logits = None
+    if job.processes.main:
+        start, config = time.perf_counter(), job.config
+        meta = {"teacher": job.state.done("teacher")["folder"], "task": config.task, "max_length": config.max_length}
+        logits, from_cache = cached_logits(teacher, train, job.output_dir / "teacher_logits.safetensors", meta,
+                                           batch_size=64, device=job.device, progress=job.progress,
+                                           desc="teacher logits")
+        if not from_cache:
+            job.state.finish("logits", {"n": len(train), "wall_s": time.perf_counter() - start})
+    return distributed.from_rank0(logits)
 
 
-def _rank0_first(make):
-    """``make()`` in rank 0 first (it may fine-tune and cache), then in the others (they find the cache)."""
-    if _rank() == 0:
-        out = make()
-        _barrier()
-        return out
-    _barrier()
-    return make()
+def _train_student(job: _Job, stage: str, alpha: float, teacher, train: EncodedDataset, teacher_logits):
+    """A new student from the teacher's layers, trained with KD at ``alpha`` (0: labels only); its epoch losses."""
+    config = job.config
+    student = distilbert_from_bert(teacher, list(config.student_layers), seed=config.seed)
+    set_seed(config.seed)
+    if config.backend == "trainer":
+        from kd_lib.trainer import trainer_fit
+
+        ckpt = job.checkpoints / f"{stage}-trainer"
+        history = trainer_fit(
+            student, train, config.student_settings(), output_dir=ckpt, teacher_logits=teacher_logits,
+            temperature=config.temperature, alpha=alpha, seed=config.seed, device=job.device,
+            progress=job.progress, checkpoint_every=job.checkpoint_every,
+        )
+    else:
+        ckpt = job.checkpoints / f"{stage}.pt"
+        objective = ce_loss() if stage == "ce_only" else kd_from_cache(teacher_logits, config.temperature, alpha)
+        history = fit(
+            student, train, objective, config.student_settings(), seed=config.seed, device=job.device,
+            progress=job.progress, checkpoint=str(ckpt), desc=stage.replace("_", " "),
+            checkpoint_every=job.checkpoint_every, distributed=job.processes.world > 1,
+        )
+    return student, history, ckpt
 
 
-def _start_distributed(device: str) -> tuple[str, bool]:
-    """This process's device, and whether ``torch.distributed`` was initialised here.
+def _student_stage(job: _Job, stage: str, alpha: float, teacher, tokenizer, train, held_out, teacher_logits):
+    """Stages 3-4: train (or reload) a student; rank 0 evaluates it, saves the KD student, clears checkpoints."""
+    start, saved, state = time.perf_counter(), job.output_dir / "student", job.state
+    done = state.done(stage)
+    if stage == "student_kd" and done and not (saved / "model.safetensors").is_file():
+        done = None  # the saved student was deleted: train it again
+    done = distributed.from_rank0(done)
+    student = None
+    if done and stage == "student_kd" and job.processes.main:
+        from transformers import DistilBertForSequenceClassification
 
-    Under ``torchrun``/``accelerate launch`` (``$WORLD_SIZE`` > 1) each process takes the GPU
-    ``cuda:$LOCAL_RANK`` (or stays on the CPU) and joins the process group: NCCL on GPUs, gloo on CPUs.
-    The timeout is long because the other processes wait while rank 0 fine-tunes the teacher.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return device, False
-    if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) are visible: start at "
-                             "most one process per GPU (torchrun --nproc_per_node)")
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if dist.is_initialized():
-        return device, False
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(hours=3))
-    return device, True
+        student = DistilBertForSequenceClassification.from_pretrained(saved, use_safetensors=True)
+    elif not done:
+        student, history, ckpt = _train_student(job, stage, alpha, teacher, train, teacher_logits)
+        if job.processes.main:
+            acc = evaluate_accuracy(student, held_out, device=job.device)
+            if stage == "student_kd":
+                atomic_save_pretrained(saved, set_label_names(student, job.config.task), tokenizer)
+            state.finish(stage, {"accuracy": acc, "train_losses": history, "wall_s": time.perf_counter() - start})
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt)
+            else:
+                ckpt.unlink(missing_ok=True)
+    if job.processes.main:
+        job.log(f"{stage}: accuracy {state.done(stage)['accuracy']:.4f}")
+    return student
+
+
+def _speed_stage(job: _Job, teacher, student, held_out) -> None:
+    """Stage 5 (rank 0): teacher and student throughput and latency, measured side by side."""
+    if not job.state.done("speed"):
+        start = time.perf_counter()
+        speed = measure_speed({"teacher": teacher, "student": student}, held_out, device=job.device)
+        job.state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, processes: Processes) -> None:
+    """Rank 0 creates the checkpoint folder (emptied, with the old state and logits, on ``overwrite``)."""
+    checkpoints = output_dir / "checkpoints"
+    if processes.main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in ("state.json", "teacher_logits.safetensors"):
+                (output_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(checkpoints)
+            checkpoints.mkdir()
+    distributed.barrier()
+
+
+def _check_run_options(output_dir: Path, overwrite: bool, resume: bool, checkpoint_every) -> None:
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in "
+                         f"{output_dir}, --overwrite discards it; pass one of them")
+    if resume and not (output_dir / "state.json").is_file():
+        raise ValueError(f"--resume: {output_dir} holds no run to resume (no state.json); drop --resume to start one")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"--checkpoint-every must be a positive integer (optimizer steps); got {checkpoint_every!r}")
 
 
 def run(
@@ -306,163 +404,33 @@ def run(
     insists on it: it fails if there is nothing to resume). Training checkpoints every epoch, and
     every ``checkpoint_every`` optimizer steps if given. Under ``torchrun`` every process calls
     this and gets the same results; only rank 0 writes.
+
+    Taught in notebook 11, section 2 (Many processes: data parallelism).
     """
     config = validate(config)
     output_dir = Path(output_dir)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in "
-                         f"{output_dir}, --overwrite discards it; pass one of them")
-    if resume and not (output_dir / "state.json").is_file():
-        raise ValueError(f"--resume: {output_dir} holds no run to resume (no state.json); drop --resume to start one")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise ValueError(f"--checkpoint-every must be a positive integer (optimizer steps); got {checkpoint_every!r}")
-    device, started = _start_distributed(config.device)
+    _check_run_options(output_dir, overwrite, resume, checkpoint_every)
+    device, started = distributed.start(config.device)
     try:
-        return _run(config, output_dir, device, overwrite, checkpoint_every, progress, log)
+        processes = distributed.current()
+        _prepare_output(output_dir, overwrite, processes)
+        state = _State(output_dir, config, overwrite, write=processes.main)
+        job = _Job(config, output_dir, device, processes, state, progress and processes.main,
+                   log if processes.main else (lambda *_: None), checkpoint_every)
+        set_seed(config.seed)
+        teacher, tokenizer, train, held_out = _teacher_stage(job)
+        teacher_logits = _logits_stage(job, teacher, train)
+        students = {stage: _student_stage(job, stage, alpha, teacher, tokenizer, train, held_out, teacher_logits)
+                    for stage, alpha in (("student_kd", config.alpha), ("ce_only", 0.0))}
+        results = None
+        if processes.main:
+            _speed_stage(job, teacher, students["student_kd"], held_out)
+            results = _results(config, state, teacher, students["student_kd"], processes.world)
+            _write_reports(output_dir, results)
+        return distributed.from_rank0(results)
     finally:
         if started:
             dist.destroy_process_group()
-
-
-def _run(config: DistillConfig, output_dir: Path, device: str, overwrite: bool, checkpoint_every: int | None,
-         progress: bool, log) -> dict:
-    main = _rank() == 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    progress = progress and main
-    if not main:
-        def log(*_):
-            return None
-    checkpoints = output_dir / "checkpoints"
-    if main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for name in ("state.json", "teacher_logits.safetensors"):
-                (output_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(checkpoints)
-            checkpoints.mkdir()
-    _barrier()
-    state = _State(output_dir, config, overwrite, write=main)
-    set_seed(config.seed)
-
-    # 1. teacher: rank 0 fine-tunes it (or finds it cached), the others then load it ----------
-    start = time.perf_counter()
-    teacher_folder = Path(config.teacher).expanduser() if config.teacher else None
-
-    def load_the_teacher():
-        if teacher_folder is not None and (teacher_folder / MARKER).is_file():
-            from kd_lib.models import load_teacher
-
-            model, tok = load_teacher(teacher_folder, num_labels=len(TASKS[config.task].label_names))
-            return model, tok, {**json.loads((teacher_folder / MARKER).read_text()), "folder": str(teacher_folder)}
-        return finetuned_teacher(config.teacher_recipe(), device=device, progress=progress)
-
-    teacher, tokenizer, teacher_info = _rank0_first(load_the_teacher)
-    teacher.to(device).eval()
-    split = eval_split(config.task)
-    limits = {"train": config.train_limit, split: config.eval_limit}
-    data = load_task(config.task, limit={k: v for k, v in limits.items() if v}, seed=config.teacher_seed)
-    train = EncodedDataset(data["train"], tokenizer, config.max_length)
-    held_out = EncodedDataset(data[split], tokenizer, config.max_length)
-    if main and not state.done("teacher"):
-        log(f"teacher: {'cached' if teacher_info.get('from_cache') else 'fine-tuned'} at {teacher_info['folder']}")
-        state.finish(
-            "teacher",
-            {
-                # fine-tuning already evaluated on the whole held-out split: reuse it
-                "accuracy": teacher_info["accuracy"]
-                if config.eval_limit is None and "accuracy" in teacher_info
-                and teacher_info.get("recipe", {}).get("max_length") == config.max_length
-                else evaluate_accuracy(teacher, held_out, device=device),
-                "folder": teacher_info["folder"],
-                "from_cache": bool(teacher_info.get("from_cache")),
-                "finetune_wall_s": teacher_info.get("wall_s"),
-                "wall_s": time.perf_counter() - start,
-            },
-        )
-    if main:
-        log(f"teacher accuracy on {split}: {state.done('teacher')['accuracy']:.4f}")
-
-    # 2. teacher logits, once, by rank 0 ---------------------------------------------------
-    start = time.perf_counter()
-    logits = None
-    if main:
-        logits_path = output_dir / "teacher_logits.safetensors"
-        meta = {"teacher": state.done("teacher")["folder"], "task": config.task, "max_length": config.max_length}
-        cached = load_logits(logits_path, expected_idx=train.idx, expected_meta=meta)
-        if cached is None:
-            logits = predict_logits(teacher, train, batch_size=64, device=device, progress=progress,
-                                    desc="teacher logits")
-            save_logits(logits_path, logits, train.idx, meta)
-            state.finish("logits", {"n": len(train), "wall_s": time.perf_counter() - start})
-        else:
-            logits = cached[0]
-    teacher_logits = _from_rank0(logits)
-
-    # 3./4. students: KD from the cached logits, and CE only from the same initialisation -----
-    settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                             grad_accum=config.grad_accum, precision=config.precision)
-    students = {}
-    for stage, alpha in (("student_kd", config.alpha), ("ce_only", 0.0)):
-        start = time.perf_counter()
-        saved = output_dir / "student"
-        done = state.done(stage)
-        if stage == "student_kd" and done and not (saved / "model.safetensors").is_file():
-            done = None  # the saved student was deleted: train it again
-        done = _from_rank0(done)
-        student = None
-        if done and stage == "student_kd" and main:
-            from transformers import DistilBertForSequenceClassification
-
-            student = DistilBertForSequenceClassification.from_pretrained(saved, use_safetensors=True)
-        elif not done:
-            student = distilbert_from_bert(teacher, list(config.student_layers), seed=config.seed)
-            set_seed(config.seed)
-            desc = stage.replace("_", " ")
-            if config.backend == "trainer":
-                from kd_lib.trainer import trainer_fit
-
-                ckpt = checkpoints / f"{stage}-trainer"
-                history = trainer_fit(
-                    student, train, settings, output_dir=ckpt, teacher_logits=teacher_logits,
-                    temperature=config.temperature, alpha=alpha, seed=config.seed, device=device,
-                    progress=progress, checkpoint_every=checkpoint_every,
-                )
-            else:
-                ckpt = checkpoints / f"{stage}.pt"
-                loss_fn = ce_loss() if stage == "ce_only" else kd_from_cache(teacher_logits, config.temperature, alpha)
-                history = fit(
-                    student, train, loss_fn, settings, seed=config.seed, device=device, progress=progress,
-                    checkpoint=str(ckpt), desc=desc, checkpoint_every=checkpoint_every, distributed=world > 1,
-                )
-            if main:
-                acc = evaluate_accuracy(student, held_out, device=device)
-                if stage == "student_kd":
-                    label_names = TASKS[config.task].label_names
-                    student.config.id2label = dict(enumerate(label_names))
-                    student.config.label2id = {n: i for i, n in enumerate(label_names)}
-                    atomic_save_pretrained(saved, student, tokenizer)
-                state.finish(stage, {"accuracy": acc, "train_losses": history, "wall_s": time.perf_counter() - start})
-                if ckpt.is_dir():
-                    shutil.rmtree(ckpt)
-                else:
-                    ckpt.unlink(missing_ok=True)
-        if main:
-            log(f"{stage}: accuracy {state.done(stage)['accuracy']:.4f}")
-        students[stage] = student
-
-    # 5. speed, side by side (rank 0) ------------------------------------------------------------
-    results = None
-    if main:
-        if not state.done("speed"):
-            start = time.perf_counter()
-            speed = measure_speed({"teacher": teacher, "student": students["student_kd"]}, held_out, device=device)
-            state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
-
-        # 6. report ----------------------------------------------------------------------------
-        results = _results(config, state, teacher, students["student_kd"], world)
-        _write_reports(output_dir, results)
-    return _from_rank0(results)
 
 
 def _results(config: DistillConfig, state: _State, teacher, student, world: int = 1) -> dict:

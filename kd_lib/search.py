@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_lib.embeddings import cosine_matrix, mean_pool
+from kd_lib.evaluate import alternating_medians
 from kd_lib.losses import hidden_state_loss
-from kd_lib.students import _check_layers
+from kd_lib.students import check_teacher_layers
+from kd_lib.training import ForwardNeeds
 
 __all__ = [
     "BITS_PER_NUMBER",
@@ -70,6 +71,8 @@ def top_k_neighbours(
 
     Returns:
         ``(scores [Q, k], indices [Q, k])``, best first; scores are cosines in ``[-1, 1]``.
+
+    Taught in notebook 08, section 1 (The teacher is a search engine).
     """
     if queries.dim() != 2 or corpus.dim() != 2 or queries.shape[1] != corpus.shape[1]:
         raise ValueError(
@@ -92,7 +95,10 @@ def top_k_neighbours(
 def search(
     query_embedding: torch.Tensor, corpus: torch.Tensor, texts: Sequence[str], k: int = 5
 ) -> list[tuple[float, str]]:
-    """The ``k`` best ``(cosine, text)`` pairs for one query embedding ``[D]`` over ``corpus [N, D]``."""
+    """The ``k`` best ``(cosine, text)`` pairs for one query embedding ``[D]`` over ``corpus [N, D]``.
+
+    Taught in notebook 08, section 8 (Try it: a search box).
+    """
     if len(texts) != corpus.shape[0]:
         raise ValueError(f"texts has {len(texts)} entries for a corpus of {corpus.shape[0]} embeddings")
     scores, idx = top_k_neighbours(query_embedding.reshape(1, -1), corpus, k)
@@ -100,7 +106,10 @@ def search(
 
 
 def same_label_relevance(query_labels, corpus_labels) -> torch.Tensor:
-    """``[Q, N]`` bool: document ``j`` shares query ``i``'s label (same-topic relevance)."""
+    """``[Q, N]`` bool: document ``j`` shares query ``i``'s label (same-topic relevance).
+
+    Taught in notebook 08, section 2 (Measuring search quality).
+    """
     q, c = torch.as_tensor(query_labels), torch.as_tensor(corpus_labels)
     if q.dim() != 1 or c.dim() != 1:
         raise ValueError(f"labels must be 1-D; got shapes {tuple(q.shape)} and {tuple(c.shape)}")
@@ -108,7 +117,10 @@ def same_label_relevance(query_labels, corpus_labels) -> torch.Tensor:
 
 
 def neighbour_relevance(indices: torch.Tensor, n_corpus: int) -> torch.Tensor:
-    """``[Q, N]`` bool marking each query's neighbours ``indices [Q, k]`` (e.g. the teacher's top k)."""
+    """``[Q, N]`` bool marking each query's neighbours ``indices [Q, k]`` (e.g. the teacher's top k).
+
+    Taught in notebook 08, section 3 (Two students).
+    """
     if indices.dim() != 2 or (indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < n_corpus):
         raise ValueError(f"indices must be [Q, k] row numbers in [0, {n_corpus - 1}]; got shape {tuple(indices.shape)}")
     relevant = torch.zeros(indices.shape[0], n_corpus, dtype=torch.bool)
@@ -137,6 +149,8 @@ def precision_at_k(indices: torch.Tensor, relevant: torch.Tensor) -> float:
     Args:
         indices: ``[Q, k]`` retrieved corpus rows, best first (``k`` is read from the shape).
         relevant: ``[Q, N]`` bool relevance.
+
+    Taught in notebook 08, section 2 (Measuring search quality).
     """
     return _hits(indices, relevant).mean().item()
 
@@ -147,6 +161,8 @@ def recall_at_k(indices: torch.Tensor, relevant: torch.Tensor) -> float:
     With the teacher's own top ``k`` as the relevant set this is the *overlap* of the student's
     and the teacher's result lists. With many relevant documents per query (a topic shared by a
     quarter of the corpus) it cannot exceed ``k / |relevant|``: use precision or nDCG there.
+
+    Taught in notebook 08, section 2 (Measuring search quality).
     """
     return (_hits(indices, relevant).sum(1) / _n_relevant(relevant)).mean().item()
 
@@ -157,6 +173,8 @@ def ndcg_at_k(indices: torch.Tensor, relevant: torch.Tensor) -> float:
     ``DCG = sum_r rel_r / log2(r + 1)`` over ranks ``r = 1..k``; it is divided by the DCG of a
     perfect list, which puts ``min(k, |relevant|)`` relevant documents first. ``1`` means every
     slot that could hold a relevant document does, a hit near the top counting more.
+
+    Taught in notebook 08, section 2 (Measuring search quality).
     """
     hits = _hits(indices, relevant)
     k = hits.shape[1]
@@ -178,6 +196,8 @@ def spearman(x, y) -> float:
 
     Ties get the average of their ranks (as in ``scipy.stats.spearmanr``). ``1`` means the two
     scorings order every pair of items the same way, whatever their scales.
+
+    Taught in notebook 08, section 2 (Measuring search quality).
     """
     a, b = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     if a.dim() != 1 or a.shape != b.shape or a.numel() < 2:
@@ -203,6 +223,8 @@ def index_size_bytes(n: int, dim: int, precision: str = "float32") -> int:
     ``precision``: ``"float32"`` (4 bytes a number), ``"float16"`` (2), ``"int8"`` (1; the
     per-dimension ranges, ``2 x dim`` floats, are negligible and not counted) or ``"binary"``
     (one bit a number: the sign, packed into ``ceil(dim / 8)`` bytes per embedding).
+
+    Taught in notebook 08, section 7 (What the students save: throughput, size, index).
     """
     if precision not in BITS_PER_NUMBER:
         raise ValueError(f"precision must be one of {sorted(BITS_PER_NUMBER)}; got {precision!r}")
@@ -222,27 +244,29 @@ def measure_embedding_speed(
     """Sentences embedded per second by each encoder, tokenisation and pooling included.
 
     Each encoder is a function ``texts -> embeddings`` (e.g. ``lambda t: model.encode(t)``).
-    After ``warmup`` untimed passes, the encoders embed ``texts`` in alternation, ``repeats``
-    rounds, so a slow moment of the machine hits all of them; the median round is reported.
+    Timed by :func:`kd_lib.evaluate.alternating_medians`: after ``warmup`` untimed passes the encoders
+    embed ``texts`` in alternation, ``repeats`` rounds, each round starting with the next encoder, so a
+    slow moment of the machine hits all of them; the median round is reported.
 
     Returns:
         ``{name: sentences per second}``.
+
+    Taught in notebook 08, section 7 (What the students save: throughput, size, index).
     """
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give the sentences to embed")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1; got {repeats!r}")
-    for _ in range(warmup):
-        for encode in encoders.values():
-            encode(texts)
-    times: dict[str, list[float]] = {name: [] for name in encoders}
-    for _ in range(repeats):
-        for name, encode in encoders.items():
-            start = time.perf_counter()
-            encode(texts)
-            times[name].append(time.perf_counter() - start)
-    return {name: len(texts) / statistics.median(t) for name, t in times.items()}
+
+    def timed(encode) -> tuple[float]:
+        start = time.perf_counter()
+        encode(texts)
+        return (time.perf_counter() - start,)
+
+    jobs = {name: (lambda encode=encode: timed(encode)) for name, encode in encoders.items()}
+    medians = alternating_medians(jobs, repeats=repeats, warmup=warmup)
+    return {name: len(texts) / seconds for name, (seconds,) in medians.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +286,10 @@ def layer_subset_encoder(encoder: nn.Module, layers: Sequence[int]) -> nn.Module
 
     Returns:
         A new ``BertModel`` with ``len(layers)`` layers, in train mode; ``encoder`` is unchanged.
+
+    Taught in notebook 08, section 3 (Two students).
     """
-    layers = _check_layers(layers, encoder.config.num_hidden_layers)
+    layers = check_teacher_layers(layers, encoder.config.num_hidden_layers)
     student = copy.deepcopy(encoder)
     student.encoder.layer = nn.ModuleList(student.encoder.layer[i] for i in layers)
     student.config.num_hidden_layers = len(layers)
@@ -277,6 +303,8 @@ def token_vectors(encoder: nn.Module, tokenizer, batch_size: int = 1024) -> torc
     Row ``t`` is the mean-pooled last hidden state of the three-token input ``[CLS] t [SEP]``
     (the encoder's sentence embedding of a one-token sentence, not normalised). Model2Vec
     (Tulkens & van Dongen, 2024) distils a static embedding table this way.
+
+    Taught in notebook 08, section 3 (Two students).
     """
     vocab = encoder.config.vocab_size
     was_training = encoder.training
@@ -298,6 +326,8 @@ def pca_basis(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``[H]`` and the top ``dim`` principal directions ``[dim, H]`` (orthonormal rows) of ``x [n, H]``.
 
     ``(x - mean) @ components.T`` are the ``dim`` coordinates that keep most of the variance.
+
+    Taught in notebook 08, section 3 (Two students).
     """
     if x.dim() != 2 or isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= min(x.shape):
         raise ValueError(f"x must be [n, H] and dim an int in [1, min(n, H)]; got x {tuple(x.shape)}, dim {dim!r}")
@@ -309,8 +339,9 @@ def pca_basis(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 def narrow_encoder(
     teacher: nn.Module,
     vectors: torch.Tensor,
-    hidden_size: int = 256,
+    *,
     num_layers: int = 3,
+    hidden_size: int = 256,
     num_heads: int = 4,
     seed: int = 0,
 ) -> tuple[nn.Module, nn.Linear]:
@@ -338,12 +369,15 @@ def narrow_encoder(
     Args:
         teacher: the teacher encoder (``BertModel``); its vocabulary size and maximum length are kept.
         vectors: ``[V, H_t]`` token vectors of the teacher.
-        hidden_size, num_layers, num_heads: the student's shape; ``hidden_size`` divisible by
+        num_layers, hidden_size, num_heads: the student's shape (as in
+            :func:`kd_lib.students.narrow_distilbert`); ``hidden_size`` divisible by
             ``num_heads``; feed-forward size ``4 x hidden_size``.
         seed: seeds the randomly initialised weights (queries, keys, values, first FFN layer).
 
     Returns:
         ``(student BertModel in train mode, projection nn.Linear(hidden_size, H_t))``.
+
+    Taught in notebook 08, section 3 (Two students).
     """
     from transformers import BertConfig, BertModel
 
@@ -391,6 +425,8 @@ def sentence_transformer(encoder: nn.Module, tokenizer, projection: nn.Linear | 
     with the same weights comes between pooling and normalisation: the model then embeds into the
     teacher's space, ``normalize(projection(mean_pool(h)))`` -- as :class:`EmbeddingDistillLoss`
     trained it.
+
+    Taught in notebook 08, section 3 (Two students).
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
@@ -428,7 +464,7 @@ class EmbeddingDistillLoss(nn.Module):
     ``B x D`` numbers, the value of sentence-transformers' ``MSELoss`` (Reimers & Gurevych, 2020).
     The projection is applied here, before the normalisation, rather than by ``hidden_state_loss``.
 
-    The ``projection`` lives on the loss, as in sentence-transformers; ``kd_lib.distill.fit``
+    The ``projection`` lives on the loss, as in sentence-transformers; ``kd_lib.training.fit``
     trains it with the student. Use it as the loss of ``fit`` with a ``BertModel`` student:
     ``fit(student, data, EmbeddingDistillLoss(teacher_embeddings), settings)``.
 
@@ -437,9 +473,11 @@ class EmbeddingDistillLoss(nn.Module):
         projection: ``nn.Module`` mapping ``D_s -> D_t`` when the widths differ, else ``None``.
         kind: ``"mse"`` or ``"cosine"`` (see ``hidden_state_loss``).
         normalize: L2-normalise the (projected) student embedding before comparing.
+
+    Taught in notebook 08, section 4 (The loss: make the embeddings match).
     """
 
-    needs_hidden_states = False
+    needs = ForwardNeeds()  # the last hidden state is in every forward pass's outputs
 
     def __init__(
         self,

@@ -29,7 +29,10 @@ from torch import nn
 __all__ = [
     "LAYER_MAP",
     "bert_to_distilbert_state_dict",
+    "check_teacher_layers",
+    "choose_student_layers",
     "default_student_layers",
+    "distilbert_config",
     "distilbert_from_bert",
     "narrow_distilbert",
 ]
@@ -54,6 +57,8 @@ def default_student_layers(num_teacher_layers: int, num_student_layers: int | No
     published checkpoint used ``[0, 2, 4, 7, 9, 11]`` for 12: keeping the *last* layer, the one
     closest to the pre-training head, matters more than perfect spacing. Its extraction script
     also dropped the token-type embeddings; this module folds segment 0 into the positions.)
+
+    Taught in notebook 05, section 1 (DistilBERT: what it keeps, what it drops).
     """
     if num_student_layers is None:
         num_student_layers = max(1, num_teacher_layers // 2)
@@ -77,18 +82,43 @@ def _bert_parts(teacher: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     return teacher, None
 
 
-def _check_layers(layers: Sequence[int], num_teacher_layers: int) -> list[int]:
+def check_teacher_layers(layers: Sequence[int], num_teacher_layers: int, name: str = "layers") -> list[int]:
+    """``layers`` as a list of teacher layers to copy, checked: strictly increasing ``encoder.layer``
+    indices in ``0..num_teacher_layers - 1`` (0-based module indices -- the hidden state a copied layer ``i``
+    produces is ``hidden_states[i + 1]``, which is how :func:`kd_lib.losses.layer_map` counts).
+    ``ValueError`` names ``name`` and the valid range.
+
+    Taught in notebook 05, section 1 (DistilBERT: what it keeps, what it drops).
+    """
     layers = [int(i) for i in layers]
     if not layers:
-        raise ValueError("layers must name at least one teacher layer")
+        raise ValueError(f"{name} must name at least one teacher layer")
+    given, valid = ",".join(map(str, layers)), f"0..{num_teacher_layers - 1}"
     bad = [i for i in layers if not 0 <= i < num_teacher_layers]
     if bad:
-        raise ValueError(
-            f"layers {bad} do not exist in a {num_teacher_layers}-layer teacher (valid: 0..{num_teacher_layers - 1})"
-        )
+        raise ValueError(f"{name} {given}: teacher layers {bad} do not exist in a {num_teacher_layers}-layer teacher "
+                         f"(give strictly increasing indices in {valid}, counted from 0)")
     if layers != sorted(set(layers)):
-        raise ValueError(f"layers must be strictly increasing teacher layer indices; got {layers}")
+        raise ValueError(f"{name} {given}: give strictly increasing teacher layer indices in {valid}")
     return layers
+
+
+def choose_student_layers(spec: int | Sequence[int] | None, num_teacher_layers: int,
+                          name: str = "student_layers") -> list[int]:
+    """The teacher layers a student copies, from a count (spread evenly, :func:`default_student_layers`),
+    an explicit list (checked by :func:`check_teacher_layers`) or ``None`` (every other layer).
+
+    Taught in notebook 05, section 1 (DistilBERT: what it keeps, what it drops).
+    """
+    if spec is None:
+        return default_student_layers(num_teacher_layers)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 1 <= spec <= num_teacher_layers:
+            raise ValueError(
+                f"{name} {spec}: a student needs between 1 and the teacher's {num_teacher_layers} layers"
+            )
+        return default_student_layers(num_teacher_layers, spec)
+    return check_teacher_layers(spec, num_teacher_layers, name)
 
 
 def bert_to_distilbert_state_dict(
@@ -100,6 +130,8 @@ def bert_to_distilbert_state_dict(
     ``word + position + token_type[0]`` for single-segment input, DistilBERT only
     ``word + position``, so ``position' = position + token_type[0]`` is exact for such input.
     The pooler has no DistilBERT counterpart and is not included.
+
+    Taught in notebook 05, section 1 (DistilBERT: what it keeps, what it drops).
     """
     out = {
         "distilbert.embeddings.word_embeddings.weight": bert_state["embeddings.word_embeddings.weight"],
@@ -115,6 +147,41 @@ def bert_to_distilbert_state_dict(
                     f"encoder.layer.{i}.{bert_name}.{kind}"
                 ]
     return out
+
+
+def distilbert_config(bert_config, layers: Sequence[int] | None = None, **extra):
+    """``(DistilBertConfig, layers)``: the DistilBERT shape of a BERT config with ``layers`` of its layers
+    (default every other one; checked by :func:`check_teacher_layers`), recorded as ``teacher_layers``.
+    ``extra`` goes to the config (``num_labels``, ``tie_word_embeddings``, ...). ``ValueError`` for a BERT
+    that DistilBERT cannot express (relative positions; an activation other than gelu or relu).
+
+    Taught in notebook 05, section 1 (DistilBERT: what it keeps, what it drops).
+    """
+    from transformers import DistilBertConfig
+
+    cfg = bert_config
+    n_teacher = cfg.num_hidden_layers
+    layers = default_student_layers(n_teacher) if layers is None else check_teacher_layers(layers, n_teacher)
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only BERT teachers with absolute position embeddings map onto DistilBERT")
+    act = cfg.hidden_act if isinstance(cfg.hidden_act, str) else "gelu"
+    if act not in {"gelu", "relu"}:
+        raise ValueError(f"DistilBERT supports gelu or relu activations; the teacher uses {act!r}")
+    config = DistilBertConfig(
+        vocab_size=cfg.vocab_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        n_layers=len(layers),
+        n_heads=cfg.num_attention_heads,
+        dim=cfg.hidden_size,
+        hidden_dim=cfg.intermediate_size,
+        dropout=cfg.hidden_dropout_prob,
+        attention_dropout=cfg.attention_probs_dropout_prob,
+        activation=act,
+        pad_token_id=cfg.pad_token_id,
+        teacher_layers=layers,
+        **extra,
+    )
+    return config, layers
 
 
 def distilbert_from_bert(
@@ -143,36 +210,19 @@ def distilbert_from_bert(
     DistilBERT from ``ReLU(W_pre · h_[CLS])``. The student's ``pre_classifier`` starts from the
     pooler's weights and its ``classifier`` from the teacher's, a useful starting point but not
     the same function (the activation differs), so the head must be trained.
+
+    Taught in notebook 04, section 2 (A tour of BERT).
     """
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import DistilBertForSequenceClassification
 
     bert, classifier = _bert_parts(teacher)
-    cfg = bert.config
-    n_teacher = cfg.num_hidden_layers
-    layers = default_student_layers(n_teacher) if layers is None else _check_layers(layers, n_teacher)
     if init not in {"teacher", "random"}:
         raise ValueError(f"init must be 'teacher' or 'random'; got {init!r}")
     if num_labels is None:
         num_labels = getattr(teacher.config, "num_labels", 2)
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
-        raise ValueError("only BERT teachers with absolute position embeddings map onto DistilBERT")
-    act = cfg.hidden_act if isinstance(cfg.hidden_act, str) else "gelu"
-    if act not in {"gelu", "relu"}:
-        raise ValueError(f"DistilBERT supports gelu or relu activations; the teacher uses {act!r}")
-    student_cfg = DistilBertConfig(
-        vocab_size=cfg.vocab_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        n_layers=len(layers),
-        n_heads=cfg.num_attention_heads,
-        dim=cfg.hidden_size,
-        hidden_dim=cfg.intermediate_size,
-        dropout=cfg.hidden_dropout_prob,
-        attention_dropout=cfg.attention_probs_dropout_prob,
-        activation=act,
-        pad_token_id=cfg.pad_token_id,
-        num_labels=num_labels,
+    student_cfg, layers = distilbert_config(
+        bert.config, layers, num_labels=num_labels,
         id2label=getattr(teacher.config, "id2label", None) if num_labels == teacher.config.num_labels else None,
-        teacher_layers=layers,
     )
     torch.manual_seed(seed)
     student = DistilBertForSequenceClassification(student_cfg)
@@ -196,10 +246,11 @@ def distilbert_from_bert(
 
 def narrow_distilbert(
     teacher: nn.Module,
-    n_layers: int = 3,
-    dim: int = 256,
-    n_heads: int = 4,
-    hidden_dim: int | None = None,
+    *,
+    num_layers: int = 3,
+    hidden_size: int = 256,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
     num_labels: int | None = None,
     seed: int = 0,
 ):
@@ -212,26 +263,30 @@ def narrow_distilbert(
     Args:
         teacher: a BERT teacher (or any model whose config has ``vocab_size`` and
             ``max_position_embeddings``).
-        n_layers, dim, n_heads: depth, width and heads; ``dim`` must be divisible by ``n_heads``.
-        hidden_dim: feed-forward size; default ``4 * dim`` (as in BERT).
+        num_layers, hidden_size, num_heads: depth, width and heads (the names of ``BertConfig``, as in
+            :func:`kd_lib.search.narrow_encoder`); ``hidden_size`` must be divisible by ``num_heads``.
+        intermediate_size: feed-forward size; default ``4 * hidden_size`` (as in BERT).
         num_labels: default: the teacher's.
         seed: seeds the initialisation.
+
+    Taught in notebook 06, section 1 (Why match what happens inside?).
     """
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    for name, value in (("n_layers", n_layers), ("dim", dim), ("n_heads", n_heads)):
+    for name, value in (("num_layers", num_layers), ("hidden_size", hidden_size), ("num_heads", num_heads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int; got {value!r}")
-    if dim % n_heads:
-        raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads}): each head gets dim / n_heads features")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}): each head gets "
+                         "hidden_size / num_heads features")
     cfg = teacher.config
     config = DistilBertConfig(
         vocab_size=cfg.vocab_size,
         max_position_embeddings=cfg.max_position_embeddings,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        dim=dim,
-        hidden_dim=hidden_dim or 4 * dim,
+        n_layers=num_layers,
+        n_heads=num_heads,
+        dim=hidden_size,
+        hidden_dim=intermediate_size or 4 * hidden_size,
         pad_token_id=cfg.pad_token_id,
         num_labels=num_labels or cfg.num_labels,
     )

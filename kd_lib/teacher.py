@@ -1,35 +1,39 @@
 """The fine-tuned teacher: trained once per recipe, cached as safetensors, reused everywhere.
 
-``finetuned_teacher(TeacherRecipe(...))`` returns the teacher fine-tuned on the task: from
-the cache when a teacher with exactly this recipe exists, otherwise it trains one (resuming
-from the last finished epoch if an earlier attempt was interrupted) and caches it.
+``finetuned_teacher(TeacherRecipe(...))`` is the one way the course gets a fine-tuned teacher:
+a ``--teacher`` folder that the course already fine-tuned is loaded as it is; otherwise the
+teacher named by the recipe (:func:`kd_lib.models.resolve_teacher`: packaged, folder or hub name)
+is fine-tuned once and cached under the hash of the recipe (:func:`kd_lib.cache.cached_model`),
+resuming from the last finished epoch if an earlier attempt was interrupted.
+
+Taught in notebook 04 (A BERT teacher), section 3.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from kd_lib.cache import atomic_save_pretrained, cache_dir, config_key
-from kd_lib.data import TASKS, EncodedDataset, load_task
-from kd_lib.distill import TrainSettings, ce_loss, evaluate_accuracy, fit
-from kd_lib.models import PACKAGED_TEACHER_NAME, PACKAGED_TEACHER_SHA256, load_teacher
-from kd_lib.utils import quiet_hf, set_seed, sha256_file
+from kd_lib.cache import RECORD, cache_dir, cached_model, config_key
+from kd_lib.data import TASKS, EncodedDataset, eval_split, load_task, set_label_names
+from kd_lib.models import load_teacher, resolve_teacher
+from kd_lib.training import TrainSettings, ce_loss, evaluate_accuracy, fit
+from kd_lib.utils import set_seed
 
-__all__ = ["TeacherRecipe", "eval_split", "finetuned_teacher", "teacher_identity"]
-
-MARKER = "kd_teacher.json"
+__all__ = ["TeacherRecipe", "finetuned_teacher", "recipe_key"]
 
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    """Everything that determines a fine-tuned teacher (and so its cache key)."""
+    """Everything that determines a fine-tuned teacher (and so its cache key).
+
+    Taught in notebook 04, section 4 (The teacher's soft labels).
+    """
 
     task: str = "sst2"
     teacher: str | None = None  # None: the packaged all-MiniLM-L6-v2
@@ -46,27 +50,43 @@ class TeacherRecipe:
             raise ValueError(f"unknown task {self.task!r}; choose one of: {', '.join(sorted(TASKS))}")
 
     def settings(self) -> TrainSettings:
+        """The :class:`~kd_lib.training.TrainSettings` the teacher is fine-tuned with."""
         return TrainSettings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, warmup_ratio=self.warmup_ratio)
 
 
-def eval_split(task: str) -> str:
-    """The labelled held-out split a task is evaluated on (``validation`` or ``test``)."""
-    return next(s for s in TASKS[task].splits if s != "train")
+def recipe_key(recipe: TeacherRecipe) -> str:
+    """The cache key of a recipe: the hash of its fields and of the starting weights' identity
+    (:meth:`kd_lib.models.TeacherSource.identity`).
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
+    """
+    return config_key({**asdict(recipe), "teacher": resolve_teacher(recipe.teacher).identity()})
 
 
-def teacher_identity(name_or_path: str | None) -> str:
-    """What identifies the starting weights: the packaged hash, a local folder's hash, or a hub name."""
-    if name_or_path is None:
-        return f"{PACKAGED_TEACHER_NAME}@{PACKAGED_TEACHER_SHA256[:16]}"
-    folder = Path(name_or_path).expanduser()
-    if folder.is_dir():
-        hashes = sorted(sha256_file(p)[:16] for p in folder.glob("*.safetensors"))
-        return f"{folder.resolve()}@{'+'.join(hashes)}"
-    return str(name_or_path)
-
-
-def _recipe_key(recipe: TeacherRecipe) -> str:
-    return config_key({**asdict(recipe), "teacher": teacher_identity(recipe.teacher)})
+def _fine_tune(recipe: TeacherRecipe, scratch: Path, device, progress: bool):
+    """Fine-tune the recipe's teacher (checkpoints in ``scratch``); return it, what to save, and its record."""
+    start = time.perf_counter()
+    set_seed(recipe.seed)
+    model, tokenizer = load_teacher(recipe.teacher, num_labels=len(TASKS[recipe.task].label_names))
+    data = load_task(recipe.task, limit={"train": recipe.train_limit} if recipe.train_limit else None, seed=recipe.seed)
+    train = EncodedDataset(data["train"], tokenizer, recipe.max_length)
+    held_out = EncodedDataset(data[eval_split(recipe.task)], tokenizer, recipe.max_length)
+    history = fit(
+        model, train, ce_loss(), recipe.settings(), seed=recipe.seed, checkpoint=str(scratch / "checkpoint.pt"),
+        device=device, progress=progress, desc="fine-tune teacher",
+    )
+    acc = evaluate_accuracy(model, held_out, device=device)
+    set_label_names(model, recipe.task)
+    record = {
+        "recipe": asdict(recipe),
+        "teacher_identity": resolve_teacher(recipe.teacher).identity(),
+        "eval_split": eval_split(recipe.task),
+        "accuracy": acc,
+        "train_losses": history,
+        "train_examples": len(train),
+        "wall_s": time.perf_counter() - start,
+    }
+    return (model.eval(), tokenizer), (model, tokenizer), record
 
 
 def finetuned_teacher(
@@ -78,48 +98,28 @@ def finetuned_teacher(
 ):
     """Return ``(model, tokenizer, info)`` for the teacher fine-tuned with ``recipe``.
 
-    ``info`` holds the recipe, the cache folder, the evaluation accuracy, the training
-    losses, the wall time of the training, and ``from_cache``. The model is in eval mode.
+    When ``recipe.teacher`` is a folder the course already fine-tuned (it holds a cache record), that
+    teacher is loaded as it is. Otherwise the teacher is fine-tuned once and cached in
+    ``cache_root`` (default ``$KD_CACHE_DIR``) under ``teachers/<task>-<recipe_key>``.
+
+    ``info`` holds the recipe, the cache folder, the evaluation accuracy, the training losses, the
+    wall time of the training, and ``from_cache``. The model is in eval mode on ``device``.
+
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
-    root = Path(cache_root) if cache_root is not None else cache_dir()
-    folder = root / "teachers" / f"{recipe.task}-{_recipe_key(recipe)}"
+    source = resolve_teacher(recipe.teacher)
     num_labels = len(TASKS[recipe.task].label_names)
-    if (folder / MARKER).is_file():
+    if source.finetuned:
+        folder = Path(source.location)
         model, tokenizer = load_teacher(folder, num_labels=num_labels)
-        info = json.loads((folder / MARKER).read_text())
-        return model.to(device).eval(), tokenizer, {**info, "folder": str(folder), "from_cache": True}
+        record = json.loads((folder / RECORD).read_text())
+        return model.to(device).eval(), tokenizer, {**record, "folder": str(folder), "from_cache": True}
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    folder = root / "teachers" / f"{recipe.task}-{recipe_key(recipe)}"
 
-    start = time.perf_counter()
-    set_seed(recipe.seed)
-    model, tokenizer = load_teacher(recipe.teacher, num_labels=num_labels)
-    data = load_task(recipe.task, limit={"train": recipe.train_limit} if recipe.train_limit else None, seed=recipe.seed)
-    train = EncodedDataset(data["train"], tokenizer, recipe.max_length)
-    held_out = EncodedDataset(data[eval_split(recipe.task)], tokenizer, recipe.max_length)
-    partial = folder.with_name(folder.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    history = fit(
-        model, train, ce_loss(), recipe.settings(), seed=recipe.seed, checkpoint=str(partial / "checkpoint.pt"),
-        device=device, progress=progress, desc="fine-tune teacher",
-    )
-    acc = evaluate_accuracy(model, held_out, device=device)
-    label_names = TASKS[recipe.task].label_names
-    model.config.id2label = dict(enumerate(label_names))
-    model.config.label2id = {name: i for i, name in enumerate(label_names)}
-    info = {
-        "recipe": asdict(recipe),
-        "teacher_identity": teacher_identity(recipe.teacher),
-        "eval_split": eval_split(recipe.task),
-        "accuracy": acc,
-        "train_losses": history,
-        "train_examples": len(train),
-        "wall_s": time.perf_counter() - start,
-    }
+    def load(path: Path):
+        model, tokenizer = load_teacher(path, num_labels=num_labels)
+        return model.to(device).eval(), tokenizer
 
-    class _Marker:  # written inside the same atomic folder swap as the weights
-        def save_pretrained(self, path):
-            (Path(path) / MARKER).write_text(json.dumps(info, indent=1))
-
-    with quiet_hf():
-        atomic_save_pretrained(folder, model, tokenizer, _Marker())
-    shutil.rmtree(partial, ignore_errors=True)
-    return model.eval(), tokenizer, {**info, "folder": str(folder), "from_cache": False}
+    (model, tokenizer), info = cached_model(folder, load, lambda scratch: _fine_tune(recipe, scratch, device, progress))
+    return model, tokenizer, info

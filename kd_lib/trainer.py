@@ -1,6 +1,6 @@
 """Distillation on the ecosystem's machinery: a ``transformers.Trainer`` with a frozen teacher.
 
-The course's own loop (:func:`kd_lib.distill.fit`) is for understanding; at scale you want what
+The course's own loop (:func:`kd_lib.training.fit`) is for understanding; at scale you want what
 everyone else uses -- the ``transformers`` Trainer, which brings ``torchrun``/Accelerate data
 parallelism, mixed precision, gradient accumulation, logging and checkpoints. This module plugs
 distillation into it:
@@ -8,11 +8,14 @@ distillation into it:
 - :class:`DistillationTrainer`: ``compute_loss`` applies ``distillation_loss`` (with an optional
   DistilBERT-style cosine term on the last hidden states) against a frozen teacher -- live, or
   its logits from the cache. It trains with the loop's optimizer, schedule and data order
-  (:func:`kd_lib.distill.make_optimizer`, :class:`EpochShuffle`), so both give the same student.
+  (:func:`kd_lib.training.adamw`, :func:`kd_lib.training.warmup_linear_schedule`, :class:`EpochShuffle`),
+  so both give the same student.
 - :func:`trainer_fit`: ``fit``'s counterpart on the Trainer, with checkpoints that count only once
   complete, and resume from the last of them; the main job's ``--backend trainer``.
 - :func:`training_memory_gb` and :func:`training_time_s`: back-of-the-envelope memory and time
   of a distillation run, for planning one on GPUs (notebook 11).
+
+Taught in notebook 11 (Scaling up), sections 1 and 4.
 """
 
 from __future__ import annotations
@@ -32,16 +35,20 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from kd_lib.data import EncodedDataset
-from kd_lib.distill import (
+from kd_lib.distill import kd_from_cache, kd_online
+from kd_lib.distributed import launched
+from kd_lib.losses import check_alpha, check_temperature
+from kd_lib.training import (
+    ForwardNeeds,
     TrainSettings,
-    _forward,
     adamw,
+    check_batch_split,
     check_precision,
-    kd_from_cache,
-    kd_online,
+    epoch_seed,
+    forward,
+    needs_of,
     warmup_linear_schedule,
 )
-from kd_lib.losses import check_alpha, check_temperature
 from kd_lib.utils import atomic_write_bytes
 
 __all__ = [
@@ -61,8 +68,11 @@ COMPLETE = "kd_complete.json"  # written into a Trainer checkpoint folder once e
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The rows of a dataset of ``n`` items in the order the course's loop visits them in ``epoch``:
-    exactly the order of ``EncodedDataset.loader(batch_size, shuffle=True, seed=seed * 1000 + epoch)``."""
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    exactly the order of ``EncodedDataset.loader(batch_size, shuffle=True, seed=epoch_seed(seed, epoch))``.
+
+    Taught in notebook 11, section 1 (From the loop to the Trainer).
+    """
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     loader = torch.utils.data.DataLoader(range(n), batch_size=max(1, n), shuffle=True, generator=generator)
     return next(iter(loader)).tolist()
 
@@ -73,6 +83,8 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
     Accelerate deals the batches of this one order to the processes in turn (batch ``i`` to rank
     ``i mod P``), so with ``P`` processes of ``B / P`` examples each, every optimizer step sees the
     same ``B`` examples as one process with batches of ``B``.
+
+    Taught in notebook 11, section 1 (From the loop to the Trainer).
     """
 
     def __init__(self, n: int, seed: int) -> None:
@@ -108,10 +120,13 @@ class DistillationTrainer(Trainer):
     so ``num_items_in_batch`` is accepted and not needed. In evaluation the loss is the held-out
     cross-entropy (cached logits exist for the training rows only).
 
-    Optimizer and schedule are the course loop's (:func:`~kd_lib.distill.make_optimizer`: AdamW
-    without decay on biases and LayerNorms, linear warm-up over ``args.warmup_steps`` -- a ratio
-    if below 1 -- then linear decay), and batches come in :func:`epoch_order`: on the same data
-    this trainer and :func:`~kd_lib.distill.fit` train the same student.
+    Optimizer and schedule are the course loop's (:func:`~kd_lib.training.adamw`: AdamW without decay
+    on biases and LayerNorms; :func:`~kd_lib.training.warmup_linear_schedule`: linear warm-up over
+    ``args.warmup_steps`` -- a ratio if below 1 -- then linear decay), and batches come in
+    :func:`epoch_order`: on the same data this trainer and :func:`~kd_lib.training.fit` train the same
+    student.
+
+    Taught in notebook 11, section 1 (From the loop to the Trainer).
     """
 
     loss_is_scaled_for_ga = False
@@ -170,8 +185,8 @@ class DistillationTrainer(Trainer):
         """The distillation loss of the batch ``inputs`` (``input_ids``/``attention_mask`` ``[B, L]``,
         ``labels``/``row`` ``[B]``) for ``model``, a 0-dim tensor in nats; with ``return_outputs``,
         ``(loss, outputs)``. ``num_items_in_batch`` is unused (see the class docstring)."""
-        needs_hidden = self.kd.needs_hidden_states and model.training
-        outputs = _forward(model, inputs, inputs["input_ids"].device, hidden_states=needs_hidden)
+        needs = needs_of(self.kd) if model.training else ForwardNeeds()
+        outputs = forward(model, inputs, inputs["input_ids"].device, needs)
         if model.training:
             if self.teacher is not None and self.teacher.training:
                 self.teacher.eval()  # someone switched it back to train mode: dropout would make it noisy
@@ -236,14 +251,12 @@ class _MarkComplete(TrainerCallback):
 
 def last_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The Trainer checkpoint ``folder/checkpoint-N`` with the largest ``N`` that was completely
-    written (holds :data:`COMPLETE`), or ``None``."""
+    written (holds :data:`COMPLETE`), or ``None``.
+
+    Taught in notebook 11, section 1 (From the loop to the Trainer).
+    """
     done = [p for p in Path(folder).glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
     return max(done, key=lambda p: int(p.name[11:]), default=None)
-
-
-def _world_size() -> int:
-    """Processes of this run: ``$WORLD_SIZE`` as set by ``torchrun``/``accelerate launch``, else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def training_arguments(
@@ -255,21 +268,17 @@ def training_arguments(
     progress: bool = True,
     checkpoint_every: int | None = None,
 ) -> TrainingArguments:
-    """``TrainingArguments`` that make the Trainer train like :func:`kd_lib.distill.fit` with ``settings``.
+    """``TrainingArguments`` that make the Trainer train like :func:`kd_lib.training.fit` with ``settings``.
 
     ``settings.batch_size`` examples per optimizer step, split into ``settings.grad_accum`` micro-batches
     on each of ``$WORLD_SIZE`` processes; checkpoints every ``checkpoint_every`` steps (else every
     epoch) into ``output_dir``, the last two kept; mixed precision from ``settings.precision``.
+
+    Taught in notebook 11, section 1 (From the loop to the Trainer).
     """
     device = torch.device(device)
     check_precision(settings.precision, device)
-    world = _world_size()
-    per_device, rest = divmod(settings.batch_size, world * settings.grad_accum)
-    if rest or per_device < 1:
-        raise ValueError(
-            f"--batch-size {settings.batch_size} must be a multiple of --grad-accum {settings.grad_accum} x "
-            f"{world} process(es) = {world * settings.grad_accum}: it counts the examples of one optimizer step"
-        )
+    per_device = check_batch_split(settings.batch_size, settings.grad_accum, launched().world)
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
@@ -314,7 +323,7 @@ def trainer_fit(
 ) -> list[float]:
     """Distil ``model`` with a :class:`DistillationTrainer`; return the mean training loss of each epoch.
 
-    The Trainer counterpart of :func:`kd_lib.distill.fit` (same arguments, same optimizer, schedule
+    The Trainer counterpart of :func:`kd_lib.training.fit` (same arguments, same optimizer, schedule
     and data order). Checkpoints go to ``output_dir`` (every ``checkpoint_every`` steps, else every
     epoch); a call that finds a complete one there resumes from it -- the Trainer restores weights,
     optimizer, schedule and random states and skips the batches already seen. Under ``torchrun``
@@ -322,6 +331,8 @@ def trainer_fit(
 
     The epoch losses are the Trainer's: means over the optimizer steps logged since the last log,
     so after a resume the resumed epoch's entry covers only the steps run after it.
+
+    Taught in notebook 11, section 1 (From the loop to the Trainer).
     """
     args = training_arguments(settings, output_dir, seed=seed, device=device, progress=progress,
                               checkpoint_every=checkpoint_every)
@@ -364,6 +375,8 @@ def training_memory_gb(
     - no allocator fragmentation, CUDA context (about 0.5 GB) or data loader buffers.
 
     Returns ``{"weights", "gradients", "optimizer", "activations", "total"}`` in GB.
+
+    Taught in notebook 11, section 4 (How long, how much memory).
     """
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16; got {precision!r}")
@@ -403,6 +416,8 @@ def training_time_s(
     fraction of its peak (state it). ``processes`` data-parallel devices run
     ``processes * scaling_efficiency`` times faster (gradient all-reduce and stragglers cost the rest;
     ``scaling_efficiency`` is ignored for one process).
+
+    Taught in notebook 11, section 4 (How long, how much memory).
     """
     if flops_per_s <= 0 or not 0 < scaling_efficiency <= 1 or processes < 1:
         raise ValueError(f"need flops_per_s > 0, 0 < scaling_efficiency <= 1 and processes >= 1; got {flops_per_s}, "

@@ -10,7 +10,7 @@ still learn from many more by matching the teacher's soft predictions on the tra
   rows' labels are replaced by :data:`WITHHELD` -- the student cannot see them by accident.
 - :func:`transfer_loss` applies :func:`~kd_lib.losses.distillation_loss` to the labelled rows
   and the pure soft-target :func:`~kd_lib.losses.kd_loss` to the transfer rows;
-  :func:`kd_with_transfer` wraps it for :func:`kd_lib.distill.fit` with cached teacher logits.
+  :func:`kd_with_transfer` wraps it for :func:`kd_lib.training.fit` with cached teacher logits.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def labelled_transfer_split(
 
     Returns:
         ``(labelled_rows, transfer_rows)``, each sorted, with no row in both.
+
+    Taught in notebook 05, section 5 (Where distillation earns its keep: few labels and a transfer set).
     """
     n_examples = _check_count(n_examples, "n_examples", allow_zero=False)
     n_labelled = _check_count(n_labelled, "n_labelled", allow_zero=False)
@@ -77,6 +79,8 @@ def few_label_dataset(split, labelled_rows: Sequence[int], transfer_rows: Sequen
     ``split``, so teacher logits cached for ``split`` are aligned with it by
     ``logits[labelled_rows + transfer_rows]``. Columns and features are those of ``split``
     (``idx`` keeps each sentence's id).
+
+    Taught in notebook 05, section 5 (Where distillation earns its keep: few labels and a transfer set).
     """
     from datasets import Dataset
 
@@ -120,6 +124,8 @@ def transfer_loss(
         labels: ``[B]`` integer class indices, or ``WITHHELD`` for transfer rows.
         temperature: ``T > 0`` of the soft-target term.
         alpha: weight of the soft-target term on the *labelled* rows, in ``[0, 1]``.
+
+    Taught in notebook 05, section 5 (Where distillation earns its keep: few labels and a transfer set).
     """
     temperature, alpha = check_temperature(temperature), check_alpha(alpha)
     for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
@@ -159,6 +165,9 @@ def transfer_loss(
 
 
 def kd_with_transfer(teacher_logits: torch.Tensor, temperature: float = 2.0, alpha: float = 0.5):
-    """A loss for :func:`kd_lib.distill.fit`: :func:`transfer_loss` against cached teacher
-    logits ``[N, C]`` (aligned with the dataset's rows, looked up by ``batch["row"]``)."""
+    """A loss for :func:`kd_lib.training.fit`: :func:`transfer_loss` against cached teacher
+    logits ``[N, C]`` (aligned with the dataset's rows, looked up by ``batch["row"]``).
+
+    Taught in notebook 05, section 5 (Where distillation earns its keep: few labels and a transfer set).
+    """
     return kd_from_cache(teacher_logits, temperature, alpha, criterion=transfer_loss)

@@ -6,8 +6,15 @@ import shutil
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
 
+from kd_lib.data import EncodedDataset, load_task
 from kd_lib.models import packaged_teacher_path
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -31,3 +38,23 @@ def tiny_teacher(tmp_path):
     folder = tmp_path / "tiny-bert"
     save_tiny_bert(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The packaged teacher's WordPiece tokenizer."""
+    return AutoTokenizer.from_pretrained(packaged_teacher_path())
+
+
+@pytest.fixture(scope="module")
+def small_data(tokenizer):
+    """96 SST-2 training sentences, tokenised to at most 32 tokens."""
+    split = load_task("sst2", limit={"train": 96}, seed=3)["train"]
+    return EncodedDataset(split, tokenizer, max_length=32)
+
+
+def tiny_student(seed: int = 0) -> DistilBertForSequenceClassification:
+    """A 2-layer, 32-wide random DistilBERT classifier (fast to train on a CPU)."""
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, num_labels=2)
+    return DistilBertForSequenceClassification(cfg)

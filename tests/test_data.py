@@ -6,6 +6,7 @@ import shutil
 from collections import Counter
 
 import pytest
+import torch
 
 from kd_lib.data import DATA_FILES, DataFileError, clean_ag_news_text, data_dir, load_task, verify_data_file
 
@@ -112,3 +113,28 @@ def test_altered_file_is_refused(data_copy):
     with pytest.raises(DataFileError, match=r"test\.tsv does not match its recorded sha256.*git checkout"):
         load_task("ag_news", root=data_copy)
     assert verify_data_file("ag_news/train.tsv", data_copy) == data_copy / "ag_news" / "train.tsv"
+
+
+def test_dynamic_padding(small_data, tokenizer):
+    batch = small_data.collate([small_data[0], small_data[1], small_data[2]])
+    lengths = [len(small_data.input_ids[i]) for i in range(3)]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+    assert batch["row"].tolist() == [0, 1, 2]
+    assert all(len(ids) <= 32 for ids in small_data.input_ids)
+    assert all(ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id for ids in small_data.input_ids)
+
+
+def test_cached_logits_stay_aligned_under_shuffling(small_data):
+    """Logits that encode each example's label must be found again for every shuffled batch."""
+    labels = torch.tensor(small_data.labels)
+    cached = torch.nn.functional.one_hot(labels, 2).float() * 10 + torch.arange(len(labels))[:, None] * 1e-3
+    seen = []
+    for batch in small_data.loader(batch_size=16, shuffle=True, seed=7):
+        rows = batch["row"]
+        looked_up = cached[rows]
+        assert (looked_up.argmax(-1) == batch["labels"]).all()
+        torch.testing.assert_close(looked_up[:, 0] % 1, (rows * 1e-3).float() % 1, rtol=0, atol=1e-5)
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(len(small_data))) and seen != sorted(seen)  # shuffled, complete

@@ -1,4 +1,4 @@
-"""Tests for kd_lib.digits: the data split, the training loop (CE and KD) and offline logits."""
+"""Tests for kd_lib.course.digits: the data split, the training loop (CE and KD) and offline logits."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_lib.digits import (
+from kd_lib.course.digits import (
     NUM_CLASSES,
-    accuracy,
     load_digits_split,
-    load_logits,
+    load_tensor,
     mlp,
+    mlp_logits,
     model_size,
-    predict_logits,
-    save_logits,
+    save_tensor,
     stratified_subset,
     train_classifier,
 )
+from kd_lib.evaluate import accuracy
 from kd_lib.utils import set_seed
 
 
@@ -115,15 +115,15 @@ def test_mlp_rejects_bad_dropout():
         mlp((64, 10), dropout=1.0)
 
 
-def test_accuracy_and_predict_logits():
+def test_accuracy_and_mlp_logits():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
     assert accuracy(logits, torch.tensor([0, 1, 1, 1])) == 0.75
     model = mlp((4, 8, 3), dropout=0.5).train()
     x = torch.randn(6, 4)
-    out = predict_logits(model, x)
+    out = mlp_logits(model, x)
     assert not model.training and not out.requires_grad
-    assert torch.equal(out, predict_logits(model, x))  # dropout is off in eval mode
-    with pytest.raises(ValueError, match="same N"):
+    assert torch.equal(out, mlp_logits(model, x))  # dropout is off in eval mode
+    with pytest.raises(ValueError, match="rows"):  # kd_lib.evaluate.accuracy: logits and labels of different N
         accuracy(logits, torch.tensor([0, 1]))
 
 
@@ -138,7 +138,7 @@ def test_teacher_reaches_90_percent_quickly(split):
     train_classifier(teacher, x_tr, y_tr, epochs=8, lr=1e-3, batch_size=64, seed=0)
     assert time.perf_counter() - start < 15
     assert not teacher.training
-    assert accuracy(predict_logits(teacher, x_te), y_te) >= 0.9
+    assert accuracy(mlp_logits(teacher, x_te), y_te) >= 0.9
 
 
 def test_same_seed_same_weights_and_global_rng_untouched(split):
@@ -186,8 +186,8 @@ def test_kd_uses_teacher_logits_aligned_with_rows(split):
     train_classifier(good, x_tr, wrong_labels, teacher_logits=aligned, **kwargs)
     perm = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(0))
     train_classifier(bad, x_tr, wrong_labels, teacher_logits=aligned[perm], **kwargs)
-    assert accuracy(predict_logits(good, x_te), y_te) >= 0.9
-    assert accuracy(predict_logits(bad, x_te), y_te) <= 0.3
+    assert accuracy(mlp_logits(good, x_te), y_te) >= 0.9
+    assert accuracy(mlp_logits(bad, x_te), y_te) <= 0.3
 
 
 def test_train_classifier_validates_arguments(split):
@@ -222,20 +222,20 @@ def test_logits_roundtrip_exactly(tmp_path, split):
     x_tr, _, _, _ = split
     set_seed(4)
     teacher = mlp((64, 32, 10), dropout=0.5)
-    logits = predict_logits(teacher, x_tr)
-    path = save_logits(tmp_path / "sub" / "teacher_logits.safetensors", logits)
+    logits = mlp_logits(teacher, x_tr)
+    path = save_tensor(tmp_path / "sub" / "teacher_logits.safetensors", logits)
     assert path.exists() and not list(path.parent.glob("*.tmp"))  # no temporary file left
-    loaded = load_logits(path)
+    loaded = load_tensor(path)
     assert loaded.dtype == logits.dtype and torch.equal(loaded, logits)
-    save_logits(path, logits * 2)  # overwriting replaces the file
-    assert torch.equal(load_logits(path), logits * 2)
+    save_tensor(path, logits * 2)  # overwriting replaces the file
+    assert torch.equal(load_tensor(path), logits * 2)
 
 
-def test_load_logits_rejects_foreign_file(tmp_path):
+def test_load_tensor_rejects_foreign_file(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"weights": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="logits"):
-        load_logits(tmp_path / "other.safetensors")
+        load_tensor(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="floating-point"):
-        save_logits(tmp_path / "x.safetensors", torch.zeros(2, dtype=torch.int64))
+        save_tensor(tmp_path / "x.safetensors", torch.zeros(2, dtype=torch.int64))

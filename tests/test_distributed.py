@@ -67,7 +67,8 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
 
 from kd_lib.data import EncodedDataset, load_task
-from kd_lib.distill import TrainSettings, fit, kd_from_cache
+from kd_lib.distill import kd_from_cache
+from kd_lib.training import TrainSettings, fit
 from kd_lib.models import packaged_teacher_path
 from kd_lib.trainer import trainer_fit
 from kd_lib.utils import quiet_hf
@@ -176,3 +177,58 @@ def test_two_processes_match_one_and_only_rank0_writes(tmp_path, monkeypatch, ho
                   for name, out in (("one", tmp_path / "one"), ("two", two))}
         assert losses["two"] == pytest.approx(losses["one"], rel=3e-3), stage
     assert not list((two / "checkpoints").iterdir()), "finished runs leave no checkpoints behind"
+
+
+# Run by torchrun in two gloo processes: every helper of kd_lib.distributed, checked in each process.
+HELPERS = '''
+import json, sys
+import torch.distributed as dist
+from kd_lib import distributed as d
+
+dist.init_process_group("gloo")
+p = d.current()
+assert p == d.launched() and p.world == 2
+order = []
+made = d.rank0_first(lambda: order.append(p.rank) or f"made by {p.rank}")
+got = {
+    "from_rank0": d.from_rank0({"rank": p.rank}),
+    "all_gather": d.all_gather(p.rank * 10, p),
+    "alone": d.all_gather(p.rank, d.SINGLE),  # a process training alone exchanges nothing
+    "sum": d.sum_over_processes([1.5, p.rank], p),
+    "made": made,
+}
+d.barrier()
+with open(f"{sys.argv[1]}/rank{p.rank}.json", "w") as f:
+    json.dump(got, f)
+dist.destroy_process_group()
+'''
+
+
+def test_processes_in_one_process(monkeypatch):
+    from kd_lib import distributed as d
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert d.current() == d.launched() == d.SINGLE and d.SINGLE.main
+    assert d.from_rank0([1, 2]) == [1, 2] and d.all_gather("x", d.SINGLE) == ["x"]
+    assert d.sum_over_processes([1.0, 2], d.SINGLE) == [1.0, 2] and d.rank0_first(lambda: 7) == 7
+    assert d.start("cpu") == ("cpu", False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert d.launched() == d.Processes(1, 2) and not d.launched().main
+    with pytest.raises(ValueError, match="0 <= rank < world"):
+        d.Processes(rank=3, world=2)
+
+
+@pytest.mark.slow
+def test_helpers_in_two_processes(tmp_path):
+    script = tmp_path / "helpers.py"
+    script.write_text(HELPERS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher("torchrun"), str(script), str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["from_rank0"] == {"rank": 0} and got["all_gather"] == [0, 10] and got["alone"] == [rank]
+        assert got["sum"] == [3.0, 1.0] and got["made"] == f"made by {rank}"

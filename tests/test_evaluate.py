@@ -13,7 +13,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import AutoTokenizer
 
-import kd_lib.distill as distill
+import kd_lib.training as training
 from kd_lib.compress import quantize_dynamic
 from kd_lib.data import EncodedDataset
 from kd_lib.evaluate import (
@@ -43,7 +43,7 @@ def logits_from_probs(probs) -> torch.Tensor:
 
 
 def test_accuracy_is_the_one_from_distill():
-    assert accuracy is distill.accuracy
+    assert accuracy is training.accuracy
 
 
 def test_agreement_counts_equal_argmax():

@@ -1,4 +1,4 @@
-"""kd_lib.exercises: every check accepts the right answer and recognises typical wrong ones by name."""
+"""kd_lib.course.exercises: every check accepts the right answer and recognises typical wrong ones by name."""
 
 from __future__ import annotations
 
@@ -13,18 +13,19 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from kd_lib import exercises as ex
-from kd_lib.digits import load_digits_split
+from kd_lib.course import exercises as ex
+from kd_lib.course.digits import load_digits_split
+from kd_lib.losses import distillation_loss, kd_loss
 
 
-def assert_right(result: ex.CheckResult) -> None:
-    assert isinstance(result, ex.CheckResult)
+def assert_right(result: ex.Verdict) -> None:
+    assert isinstance(result, ex.Verdict)
     assert result.ok, result.message
     assert bool(result) and str(result).startswith("✓ correct")
 
 
-def assert_wrong(result: ex.CheckResult, *words: str) -> None:
-    assert isinstance(result, ex.CheckResult)
+def assert_wrong(result: ex.Verdict, *words: str) -> None:
+    assert isinstance(result, ex.Verdict)
     assert not result.ok and not bool(result), f"a wrong answer passed: {result.message}"
     assert str(result).startswith("✗")
     for word in words:
@@ -35,7 +36,7 @@ def assert_wrong(result: ex.CheckResult, *words: str) -> None:
 
 
 def test_result_displays_a_verdict():
-    good, bad = ex.CheckResult(True, "fine", "check_x"), ex.CheckResult(False, "use batchmean", "check_x")
+    good, bad = ex.Verdict(True, "fine", "check_x"), ex.Verdict(False, "use batchmean", "check_x")
     assert repr(good) == "✓ correct (check_x): fine"
     assert repr(bad) == "✗ not yet (check_x): use batchmean"
     assert good._repr_markdown_().startswith("**✓ correct**") and "`check_x`" in bad._repr_markdown_()
@@ -137,7 +138,7 @@ def test_high_temperature_gradient():
 
 def test_the_limit_gradient_is_what_autograd_gives_at_high_temperature():
     z, v = torch.randn(10, dtype=torch.float64, requires_grad=True), torch.randn(10, dtype=torch.float64)
-    (grad,) = torch.autograd.grad(ex.kd_loss(z[None], v[None], 1e4), z)
+    (grad,) = torch.autograd.grad(kd_loss(z[None], v[None], 1e4), z)
     assert torch.allclose(grad, limit_gradient(z.detach(), v), atol=1e-4)
 
 
@@ -236,8 +237,8 @@ def test_effective_alpha_really_matches_the_gradient_direction():
     s, t, y = torch.randn(8, 10, requires_grad=True), torch.randn(8, 10), torch.randint(0, 10, (8,))
     alpha, c = 0.5, 10
     a2 = c * alpha / (1 - alpha + c * alpha)
-    (g1,) = torch.autograd.grad(ex.distillation_loss(s, t, y, 2.0, alpha), s)
-    buggy = a2 * ex.kd_loss(s, t, 2.0) / c + (1 - a2) * F.cross_entropy(s, y)
+    (g1,) = torch.autograd.grad(distillation_loss(s, t, y, 2.0, alpha), s)
+    buggy = a2 * kd_loss(s, t, 2.0) / c + (1 - a2) * F.cross_entropy(s, y)
     (g2,) = torch.autograd.grad(buggy, s)
     assert F.cosine_similarity(g1.flatten(), g2.flatten(), dim=0) > 1 - 1e-5
 
@@ -554,9 +555,11 @@ def test_mixture_flip_temperature():
 
 
 def largest_batch(params, layers, hidden, heads):
+    from kd_lib.trainer import training_memory_gb
+
     batch = 1
-    while ex.training_memory_gb(params, layers=layers, hidden=hidden, heads=heads, batch=batch + 1,
-                                seq_len=512)["total"] <= 24:
+    while training_memory_gb(params, layers=layers, hidden=hidden, heads=heads, batch=batch + 1,
+                             seq_len=512)["total"] <= 24:
         batch += 1
     return batch
 

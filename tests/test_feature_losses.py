@@ -12,9 +12,10 @@ from torch import nn
 
 from conftest import save_tiny_bert
 from kd_lib.data import EncodedDataset, load_task
-from kd_lib.distill import CachedTeacherFeatures, FeatureDistillLoss, TrainSettings, fit, kd_online
+from kd_lib.distill import CachedTeacherFeatures, FeatureDistillLoss, kd_online
 from kd_lib.losses import attention_loss, hidden_state_loss, kd_loss, layer_map
 from kd_lib.students import distilbert_from_bert
+from kd_lib.training import TrainSettings, fit
 
 FEATURES = json.loads((Path(__file__).parent / "fixtures" / "features.json").read_text())["cases"]
 
@@ -174,6 +175,24 @@ def test_layer_map_reads_models_and_explains_mismatches(tmp_path):
         layer_map(2, 4, "first")
     with pytest.raises(ValueError, match="layer count or a transformers model"):
         layer_map("three", 4)
+
+
+def test_layer_map_copied_converts_module_indices_to_hidden_states(tmp_path):
+    """A student copied from teacher modules 0 and 2 (counted from 0) learns from hidden_states 1 and 3."""
+    teacher = save_tiny_bert(tmp_path / "t", num_layers=4)
+    student = distilbert_from_bert(teacher, layers=[0, 2])
+    assert list(student.config.teacher_layers) == [0, 2]
+    assert layer_map(student, teacher, "copied") == [(1, 1), (2, 3)]
+    teacher.eval(), student.eval()
+    with torch.no_grad():  # student layer 1 is teacher module 0, whose output is hidden_states[1], not [0]
+        ids = torch.tensor([[101, 2023, 2003, 102]])
+        t_hidden = teacher.bert(input_ids=ids, output_hidden_states=True).hidden_states
+        s_hidden = student.distilbert(input_ids=ids, output_hidden_states=True).hidden_states
+    (i, j), _ = layer_map(student, teacher, "copied")
+    torch.testing.assert_close(s_hidden[i], t_hidden[j], atol=1e-5, rtol=0)
+    assert (s_hidden[i] - t_hidden[j - 1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match=r"config\.teacher_layers"):
+        layer_map(2, 4, "copied")
 
 
 # ------------------------------------------------------------------------- the combined loss

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from kd_lib.data import AUSTEN_FILES, AUSTEN_NOVELS, DataFileError, austen_chapters, data_dir, load_austen
-from kd_lib.distill import TrainSettings, fit, kd_online
+from kd_lib.distill import kd_online
 from kd_lib.lm import (
     GPT2_SIZES,
     SPECIAL_TOKENS,
@@ -26,10 +26,10 @@ from kd_lib.lm import (
     mlm_collator,
     perplexity,
     sample_text,
-    token_ce_loss,
     train_bpe_tokenizer,
 )
 from kd_lib.losses import hidden_state_loss
+from kd_lib.training import TrainSettings, ce_loss, fit
 
 # --------------------------------------------------------------------------------------------
 # The Austen data
@@ -252,7 +252,7 @@ def test_token_ce_matches_hugging_faces_internal_shift(tokenizer, tiny):
         outputs = tiny(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         hf_labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         hf = tiny(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=hf_labels).loss
-    ours = token_ce_loss()(outputs, batch)
+    ours = ce_loss()(outputs, batch)
     # and written out: -log p(next token) averaged over the predicted positions
     log_p = torch.log_softmax(outputs.logits, dim=-1)
     terms = [-log_p[b, t, batch["input_ids"][b, t + 1]] for b in range(2) for t in range(len(data[b]["input_ids"]) - 1)]
@@ -306,7 +306,7 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tokenizer, blocks)
 def test_a_few_steps_of_fit_lower_the_perplexity(tokenizer, blocks):
     model = make_gpt2(tokenizer, "tiny", block_size=32, seed=0)
     before = perplexity(model, blocks)
-    fit(model, blocks, token_ce_loss(), TrainSettings(epochs=3, lr=1e-2, batch_size=8, warmup_ratio=0.0),
+    fit(model, blocks, ce_loss(), TrainSettings(epochs=3, lr=1e-2, batch_size=8, warmup_ratio=0.0),
         progress=False)
     assert perplexity(model, blocks) < 0.5 * before
 

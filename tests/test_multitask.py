@@ -12,7 +12,6 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from kd_lib.data import EncodedDataset
-from kd_lib.distill import TrainSettings, evaluate_accuracy, fit, predict_logits
 from kd_lib.evaluate import count_params
 from kd_lib.losses import distillation_loss
 from kd_lib.models import packaged_teacher_path
@@ -25,6 +24,7 @@ from kd_lib.multitask import (
     share_frozen_embeddings,
 )
 from kd_lib.students import distilbert_from_bert
+from kd_lib.training import TrainSettings, evaluate_accuracy, fit, predict_logits
 
 TASKS = {"sst2": 2, "ag_news": 4}
 

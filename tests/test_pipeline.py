@@ -13,7 +13,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-import kd_lib.distill as distill
+import kd_lib.training as training
+from kd_lib.cache import RECORD
 from kd_lib.pipeline import config_from_preset, run, validate
 from tests.conftest import save_tiny_bert
 
@@ -73,7 +74,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_teacher, tmp_path, cache, mo
 
     out = tmp_path / "interrupted"
     calls = {"n": 0}
-    real_epoch = distill.train_epoch
+    real_epoch = training.train_epoch
 
     def interrupt_second_student_epoch(*args, **kwargs):
         if kwargs.get("desc", "").startswith("student kd"):
@@ -82,16 +83,16 @@ def test_killed_run_resumes_to_the_same_result(tiny_teacher, tmp_path, cache, mo
                 raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(distill, "train_epoch", interrupt_second_student_epoch)
+    monkeypatch.setattr(training, "train_epoch", interrupt_second_student_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(config, out, progress=False, log=lambda *_: None)
-    monkeypatch.setattr(distill, "train_epoch", real_epoch)
+    monkeypatch.setattr(training, "train_epoch", real_epoch)
     state = json.loads((out / "state.json").read_text())
     assert set(state["stages"]) == {"teacher", "logits"}
     assert torch.load(out / "checkpoints" / "student_kd.pt", weights_only=True)["epochs_done"] == 1
 
     epochs_run = []
-    monkeypatch.setattr(distill, "train_epoch", lambda *a, **k: epochs_run.append(k["desc"]) or real_epoch(*a, **k))
+    monkeypatch.setattr(training, "train_epoch", lambda *a, **k: epochs_run.append(k["desc"]) or real_epoch(*a, **k))
     resumed = run(config, out, progress=False, log=lambda *_: None)
     # only the unfinished work was done: one KD epoch, then the CE baseline's two
     assert epochs_run == ["student kd epoch 2/2", "ce only epoch 1/2", "ce only epoch 2/2"]
@@ -139,7 +140,7 @@ def test_bad_arguments_fail_before_training(tiny_teacher, tmp_path, cache, overr
 def test_teacher_with_wrong_label_count_or_tokenizer(tmp_path, cache):
     three = tmp_path / "three-labels"
     save_tiny_bert(three, num_labels=3)
-    (three / "kd_teacher.json").write_text("{}")  # a teacher fine-tuned (by the course) for 3 classes
+    (three / RECORD).write_text("{}")  # a teacher fine-tuned (by the course) for 3 classes
     with pytest.raises(ValueError, match=r"fine-tuned for 3 labels but --task sst2 has 2"):
         validate(tiny_config(three))
     small_vocab = tmp_path / "small-vocab"
@@ -212,20 +213,20 @@ def test_killed_mid_epoch_resumes_from_the_step_checkpoint(tiny_teacher, tmp_pat
     reference = run(config, tmp_path / "uninterrupted", progress=False, log=lambda *_: None)
 
     out = tmp_path / "interrupted"
-    real_save = distill._save_checkpoint
+    real_save = training._Run.save  # the loop's checkpoint writer
     saved_at = []
 
-    def save_then_die(path, *args, steps_done=0, **kwargs):
-        real_save(path, *args, steps_done=steps_done, **kwargs)
-        saved_at.append((args[3], steps_done))
-        if (args[3], steps_done) == (1, 2):
+    def save_then_die(self, path, epochs_done, steps_done=0, *args):
+        real_save(self, path, epochs_done, steps_done, *args)
+        saved_at.append((epochs_done, steps_done))
+        if (epochs_done, steps_done) == (1, 2):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(distill, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(training._Run, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(config, out, progress=False, log=lambda *_: None, checkpoint_every=3)
     assert saved_at == [(0, 3), (1, 0), (1, 2)]  # (epochs done, steps into the next): steps 3, 4 (epoch end), 6
-    monkeypatch.setattr(distill, "_save_checkpoint", real_save)
+    monkeypatch.setattr(training._Run, "save", real_save)
     torch.manual_seed(1234)  # a new process: another random state, which the checkpoint must replace
     resumed = run(config, out, resume=True, progress=False, log=lambda *_: None, checkpoint_every=3)
 

@@ -18,8 +18,8 @@ from sklearn.metrics import ndcg_score
 from transformers import AutoTokenizer
 
 from conftest import save_tiny_bert
+from kd_lib.course.widgets import format_search_results, search_explorer
 from kd_lib.data import EncodedDataset
-from kd_lib.distill import TrainSettings, fit
 from kd_lib.embeddings import encode, mean_pool
 from kd_lib.search import (
     EmbeddingDistillLoss,
@@ -39,7 +39,7 @@ from kd_lib.search import (
     token_vectors,
     top_k_neighbours,
 )
-from kd_lib.widgets import format_search_results, search_explorer
+from kd_lib.training import TrainSettings, fit
 
 SENTENCES = ["a cat sat on the mat", "stocks fell sharply today", "the team won the final", "dogs bark at night",
              "new chip doubles battery life", "rain is expected tomorrow"]
@@ -191,7 +191,7 @@ def test_measure_embedding_speed_alternates_and_reports_sentences_per_second():
         time.sleep(0.01)
 
     speed = measure_embedding_speed({"slow": slow, "fast": fast}, ["a"] * 10, repeats=3, warmup=1)
-    assert calls == ["slow", "fast"] * 4
+    assert calls == ["slow", "fast"] * 2 + ["fast", "slow"] + ["slow", "fast"]  # warm-up, then rotating rounds
     assert 250 < speed["slow"] <= 500 and 500 < speed["fast"] <= 1000
     assert 1.5 < speed["fast"] / speed["slow"] < 2.5
     with pytest.raises(ValueError, match="texts is empty"):

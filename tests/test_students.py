@@ -110,7 +110,7 @@ def test_non_bert_teacher_is_rejected(teacher):
 
 def test_narrow_student_shapes_and_parameter_count(teacher):
     teacher, _ = teacher
-    student = narrow_distilbert(teacher, n_layers=3, dim=256, n_heads=4, seed=0)
+    student = narrow_distilbert(teacher, num_layers=3, hidden_size=256, num_heads=4, seed=0)
     cfg = student.config
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.hidden_dim) == (3, 256, 4, 1024)
     assert cfg.vocab_size == teacher.config.vocab_size and cfg.num_labels == teacher.config.num_labels
@@ -118,7 +118,7 @@ def test_narrow_student_shapes_and_parameter_count(teacher):
     layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d  # attention, FFN, 2 LayerNorms
     expected = v * d + p * d + 2 * d + 3 * layer + (d * d + d) + (d * 2 + 2)
     assert sum(x.numel() for x in student.parameters()) == expected
-    again = narrow_distilbert(teacher, n_layers=3, dim=256, n_heads=4, seed=0)
+    again = narrow_distilbert(teacher, num_layers=3, hidden_size=256, num_heads=4, seed=0)
     assert torch.equal(student.distilbert.embeddings.word_embeddings.weight,
                        again.distilbert.embeddings.word_embeddings.weight)
     ids = torch.tensor([[101, 2023, 2003, 102]])
@@ -127,7 +127,8 @@ def test_narrow_student_shapes_and_parameter_count(teacher):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"dim": 250, "n_heads": 4}, "divisible by n_heads"), ({"n_layers": 0}, "n_layers must be a positive int")],
+    [({"hidden_size": 250, "num_heads": 4}, "divisible by num_heads"),
+     ({"num_layers": 0}, "num_layers must be a positive int")],
 )
 def test_narrow_student_bad_arguments(teacher, kwargs, message):
     teacher, _ = teacher

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification, TrainerCallback
 
 from kd_lib.data import EncodedDataset, load_task
-from kd_lib.distill import TrainSettings, _forward, fit, kd_from_cache, kd_online, predict_logits
+from kd_lib.distill import kd_from_cache, kd_online
 from kd_lib.losses import distillation_loss
 from kd_lib.models import packaged_teacher_path
 from kd_lib.trainer import (
@@ -20,6 +20,7 @@ from kd_lib.trainer import (
     training_memory_gb,
     training_time_s,
 )
+from kd_lib.training import ForwardNeeds, TrainSettings, fit, forward, predict_logits
 from kd_lib.utils import quiet_hf
 
 SETTINGS = TrainSettings(epochs=2, lr=1e-3, batch_size=16)
@@ -130,7 +131,7 @@ def test_cosine_term_with_a_live_teacher(data, tmp_path):
     hf = trainer(student, tmp_path, data, teacher=teacher, cosine_weight=2.0)
     batch = data.collate([data[i] for i in range(5)])
     loss = hf.compute_loss(student.train(), batch)
-    outputs = _forward(student, batch, torch.device("cpu"), hidden_states=True)
+    outputs = forward(student, batch, torch.device("cpu"), ForwardNeeds(hidden_states=True))
     torch.testing.assert_close(loss, kd_online(teacher, 2.0, 0.5, cosine_weight=2.0)(outputs, batch))
     assert loss > kd_online(teacher, 2.0, 0.5)(outputs, batch)
 

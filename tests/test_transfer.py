@@ -13,6 +13,7 @@ from datasets import ClassLabel, Dataset, Features, Value
 from kd_lib.data import EncodedDataset
 from kd_lib.losses import distillation_loss, kd_loss
 from kd_lib.models import packaged_teacher_path
+from kd_lib.training import ForwardNeeds, needs_of
 from kd_lib.transfer import WITHHELD, few_label_dataset, kd_with_transfer, labelled_transfer_split, transfer_loss
 
 LN3 = math.log(3.0)
@@ -188,7 +189,7 @@ def test_kd_with_transfer_looks_up_cached_logits_by_row():
     cached = pool_logits[torch.tensor(lab + tr)]  # aligned with the rows of `mixed`
     encoded = EncodedDataset(mixed, tokenizer, max_length=16)
     loss_fn = kd_with_transfer(cached, temperature=2.0, alpha=0.5)
-    assert loss_fn.needs_hidden_states is False
+    assert needs_of(loss_fn) == ForwardNeeds()
     batch = next(iter(encoded.loader(4, shuffle=True, seed=5)))
     student_logits = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
     # the teacher rows are found through the sentence ids, independently of the loader's order

@@ -1,4 +1,4 @@
-"""Small interactive helpers for the notebooks (ipywidgets + matplotlib).
+"""Small interactive helpers for notebooks 01 and 08 (ipywidgets + matplotlib).
 
 Every widget has a static twin (a plain plotting function) so that a notebook read without a
 live kernel -- on GitHub, or as HTML -- still shows what the widget would.
@@ -47,6 +47,8 @@ def plot_temperature(
 
     Returns:
         The Axes.
+
+    Taught in notebook 01, section 4 (Dark knowledge in a real teacher).
     """
     import matplotlib.pyplot as plt
 
@@ -88,6 +90,8 @@ def temperature_explorer(
     Returns:
         An ``ipywidgets.interactive`` (display it, or leave it as a cell's last expression).
         Its ``children`` are the ``T`` slider, the checkbox and the output area.
+
+    Taught in notebook 01, section 4 (Dark knowledge in a real teacher).
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -135,6 +139,8 @@ def format_search_results(query: str, results: dict[str, list[tuple[float, str]]
 
     Returns:
         One line per rank: ``rank | score text | score text | ...``.
+
+    Taught in notebook 08, section 8 (Try it: a search box).
     """
     if not results:
         raise ValueError("results is empty: give at least one model's results")
@@ -172,6 +178,8 @@ def search_explorer(
     Returns:
         An ``ipywidgets.VBox`` of the text box (searching on Enter) and the results (an ``HTML``
         widget showing :func:`format_search_results` as preformatted text).
+
+    Taught in notebook 08, section 8 (Try it: a search box).
     """
     import ipywidgets as widgets
 

@@ -1,4 +1,5 @@
-"""Knowledge distillation on scikit-learn's handwritten digits: data, tiny MLPs, one training loop.
+"""Notebook 03's demo: knowledge distillation on scikit-learn's handwritten digits -- data, tiny
+MLPs, one training loop.
 
 The digits set (``sklearn.datasets.load_digits``) ships with scikit-learn, so everything here
 runs offline in seconds: 1797 grey-scale images of 8 x 8 pixels, 10 classes (the digits 0-9),
@@ -6,6 +7,8 @@ pixel values 0-16.
 
 Shapes used in the docstrings: ``N`` examples, ``D = 64`` features (the flattened pixels),
 ``C = 10`` classes.
+
+Accuracy is measured with the library's :func:`kd_lib.evaluate.accuracy`.
 """
 
 from __future__ import annotations
@@ -26,20 +29,19 @@ from kd_lib.utils import atomic_write_bytes
 __all__ = [
     "NUM_CLASSES",
     "NUM_FEATURES",
-    "accuracy",
     "load_digits_split",
-    "load_logits",
+    "load_tensor",
     "mlp",
+    "mlp_logits",
     "model_size",
-    "predict_logits",
-    "save_logits",
+    "save_tensor",
     "stratified_subset",
     "train_classifier",
 ]
 
 NUM_FEATURES = 64  # 8 x 8 pixels
 NUM_CLASSES = 10
-_LOGITS_KEY = "logits"
+_TENSOR_KEY = "logits"  # the name of the one tensor in a file of save_tensor
 
 
 def load_digits_split(
@@ -58,6 +60,8 @@ def load_digits_split(
         ``(X_train, y_train, X_test, y_test)``: ``X_*`` float32 of shape ``[N, 64]`` in [0, 1],
         ``y_*`` int64 of shape ``[N]`` in ``0..9``. With the defaults, N = 1347 train and
         450 test.
+
+    Taught in notebook 03, section 1 (The data: a fixed, stratified split).
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -88,6 +92,8 @@ def stratified_subset(y: torch.Tensor, per_class: int, seed: int = 0) -> torch.T
 
     Returns:
         int64 tensor ``[C * per_class]`` of distinct row indices, sorted in increasing order.
+
+    Taught in notebook 03, section 6 (Few labels: where the teacher's knowledge pays off).
     """
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() or len(y) == 0:
         raise ValueError("y must be a non-empty integer tensor of shape [N]")
@@ -118,6 +124,8 @@ def mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
         ``nn.Sequential`` mapping ``[N, sizes[0]]`` to logits ``[N, sizes[-1]]``. PyTorch's
         default initialisation is used, so seed (``kd_lib.utils.set_seed``) before calling it
         for a reproducible init.
+
+    Taught in notebook 03, section 2 (The teacher).
     """
     sizes = list(sizes)
     if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
@@ -189,13 +197,15 @@ def train_classifier(
         batch_size: examples per step (capped at N).
         seed: seed of the shuffling and of dropout.
         teacher_logits: optional float tensor ``[N, C]``, row ``i`` being the teacher's logits
-            for ``X[i]`` (computed once, e.g. loaded with :func:`load_logits`).
+            for ``X[i]`` (computed once, e.g. loaded with :func:`load_tensor`).
         temperature: softmax temperature of the KD term (only used with ``teacher_logits``).
         alpha: weight of the KD term in [0, 1] (only used with ``teacher_logits``).
         weight_decay: Adam's L2 penalty, >= 0.
 
     Returns:
         The same ``model``, switched to ``eval()`` mode.
+
+    Taught in notebook 03, section 2 (The teacher).
     """
     _check_xy(X, y)
     _check_positive_int(epochs, "epochs")
@@ -247,11 +257,13 @@ def train_classifier(
     return model.eval()
 
 
-def predict_logits(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+def mlp_logits(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     """Logits ``[N, C]`` for ``X`` ``[N, D]``, with the model in ``eval()`` mode and no autograd.
 
     ``eval()`` switches dropout off, so the result is deterministic; the model is left in
     ``eval()`` mode.
+
+    Taught in notebook 03, section 2 (The teacher).
     """
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
         got = f"shape {tuple(X.shape)}" if isinstance(X, torch.Tensor) else type(X).__name__
@@ -261,42 +273,42 @@ def predict_logits(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
         return model(X)
 
 
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of rows whose arg-max of ``logits`` ``[N, C]`` equals the label ``y`` ``[N]``."""
-    if logits.dim() != 2 or y.dim() != 1 or len(logits) != len(y):
-        raise ValueError(
-            f"logits must be [N, C] and y [N] with the same N; got {tuple(logits.shape)} and {tuple(y.shape)}"
-        )
-    if len(y) == 0:
-        raise ValueError("accuracy of an empty set is undefined")
-    return (logits.argmax(dim=-1) == y).float().mean().item()
-
-
 def model_size(model: nn.Module) -> tuple[int, int]:
-    """``(number of parameters, bytes they occupy)`` -- float32 weights take 4 bytes each."""
+    """``(number of parameters, bytes they occupy)`` -- float32 weights take 4 bytes each.
+
+    Taught in notebook 03, section 2 (The teacher).
+    """
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
-def save_logits(path: str | os.PathLike, logits: torch.Tensor) -> Path:
-    """Save a logits tensor (e.g. ``[N, C]``) to a safetensors file, atomically.
+def save_tensor(path: str | os.PathLike, logits: torch.Tensor) -> Path:
+    """Save one floating-point tensor -- here the teacher's logits ``[N, C]`` -- to a safetensors
+    file, atomically.
 
     The file is written to a temporary name and renamed, so a crash never leaves a
-    half-written file that :func:`load_logits` would read as valid.
+    half-written file that :func:`load_tensor` would read as valid. (The library's logit cache,
+    :func:`kd_lib.cache.save_logits`, also records which examples and which teacher the rows
+    belong to; notebook 03 needs just the tensor.)
+
+    Taught in notebook 03, section 3 (Offline distillation: the teacher's logits, computed once).
     """
     from safetensors.torch import save
 
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor; got {type(logits).__name__}")
-    data = save({_LOGITS_KEY: logits.detach().cpu().contiguous()})
+    data = save({_TENSOR_KEY: logits.detach().cpu().contiguous()})
     return atomic_write_bytes(path, data)
 
 
-def load_logits(path: str | os.PathLike) -> torch.Tensor:
-    """Load a tensor written by :func:`save_logits` (safetensors: data only, no code is run)."""
+def load_tensor(path: str | os.PathLike) -> torch.Tensor:
+    """Load a tensor written by :func:`save_tensor` (safetensors: data only, no code is run).
+
+    Taught in notebook 03, section 3 (Offline distillation: the teacher's logits, computed once).
+    """
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
-    if _LOGITS_KEY not in tensors:
-        raise ValueError(f"{path} holds no {_LOGITS_KEY!r} tensor (keys: {sorted(tensors)})")
-    return tensors[_LOGITS_KEY]
+    if _TENSOR_KEY not in tensors:
+        raise ValueError(f"{path} holds no {_TENSOR_KEY!r} tensor (keys: {sorted(tensors)})")
+    return tensors[_TENSOR_KEY]

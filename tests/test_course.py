@@ -1,0 +1,78 @@
+"""kd_lib.course: the exercises package exports exactly its checks, and loads a notebook's module
+(and that module's heavy imports) only when one of its checks is used."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd_lib.course import exercises as ex
+
+EXERCISES_DIR = Path(ex.__file__).resolve().parent
+NOTEBOOK_MODULES = [f"kd_lib.course.exercises.nb{n:02d}" for n in range(1, 12)]
+# imported only inside the functions that need them: kd_lib.trainer loads transformers.Trainer
+HEAVY = ("kd_lib.trainer", "transformers")
+
+
+def _fresh_python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return proc.stdout.strip()
+
+
+def test_one_module_per_notebook():
+    assert sorted(p.stem for p in EXERCISES_DIR.glob("nb*.py")) == [m.rsplit(".", 1)[1] for m in NOTEBOOK_MODULES]
+
+
+def test_notebook_01_checks_do_not_load_the_trainer():
+    code = "import sys, kd_lib.course.exercises.nb01 as m; print('transformers.trainer' in sys.modules)"
+    assert _fresh_python(code) == "False"
+
+
+def test_a_check_looked_up_in_the_package_loads_only_its_notebook_module():
+    code = ("import sys; from kd_lib.course.exercises import check_kd_loss; "
+            "print(sorted(m for m in sys.modules if m.startswith('kd_lib.course.exercises.')), "
+            "'transformers.trainer' in sys.modules)")
+    assert _fresh_python(code) == (
+        "['kd_lib.course.exercises.nb02', 'kd_lib.course.exercises.verdict'] False"
+    )
+
+
+def test_all_lists_exactly_the_checks_of_the_notebook_modules_and_the_verdict():
+    defined = {}
+    for name in NOTEBOOK_MODULES:
+        module = importlib.import_module(name)
+        checks = {n for n, obj in vars(module).items()
+                  if n.startswith("check_") and callable(obj) and obj.__module__ == name}
+        assert checks, name
+        assert checks == {n for n in module.__all__ if n.startswith("check_")}, name
+        assert not checks & defined.keys(), f"{name} redefines {checks & defined.keys()}"
+        defined |= {n: getattr(module, n) for n in checks}
+    assert ex.__all__[0] == "Verdict"
+    assert sorted(ex.__all__) == sorted([*defined, "Verdict"])
+    assert len(ex.__all__) == len(set(ex.__all__))
+    for n, fn in defined.items():
+        assert getattr(ex, n) is fn, n
+    assert ex.Verdict is importlib.import_module("kd_lib.course.exercises.verdict").Verdict
+    assert set(ex.__all__) <= set(dir(ex))
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="check_nothing"):
+        ex.check_nothing  # noqa: B018
+    with pytest.raises(ImportError):
+        from kd_lib.course.exercises import CheckResult  # noqa: F401
+
+
+@pytest.mark.parametrize("path", sorted(EXERCISES_DIR.glob("*.py")), ids=lambda p: p.stem)
+def test_heavy_modules_are_imported_only_inside_functions(path):
+    tree = ast.parse(path.read_text())
+    top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    names = [a.name for node in top_level if isinstance(node, ast.Import) for a in node.names]
+    names += [node.module for node in top_level if isinstance(node, ast.ImportFrom) and node.module]
+    heavy = [n for n in names if n.startswith(HEAVY)]
+    assert not heavy, f"{path.name} imports {heavy} at module level"
