@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import TypeVar
 
 import torch
 
-from kd_lib.utils import atomic_write_bytes, quiet_hf
+from kd_lib.utils import atomic_write_bytes, quiet_hf, sha256_file, sha256_file_cached
 
 __all__ = [
     "RECORD",
@@ -37,6 +38,7 @@ __all__ = [
     "config_key",
     "load_logits",
     "save_logits",
+    "verify_entry",
 ]
 
 RECORD = "kd_record.json"  # a cache entry's completion record: written with its weights, in one atomic swap
@@ -93,14 +95,56 @@ def atomic_save_pretrained(folder: str | os.PathLike, *objects) -> Path:
     return folder
 
 
+FILES = "files"  # the record's map of every file in the entry to its sha256
+
+
 class _Record:
-    """Saved like a model: writes the entry's :data:`RECORD` into the folder being assembled."""
+    """Saved like a model, last: writes the entry's :data:`RECORD`, with the sha256 of every file saved
+    before it, into the folder being assembled."""
 
     def __init__(self, record: dict) -> None:
         self.record = record
 
     def save_pretrained(self, path) -> None:
+        files = {p.name: sha256_file(p) for p in sorted(Path(path).iterdir()) if p.is_file() and p.name != RECORD}
+        self.record = {**self.record, FILES: files}
         (Path(path) / RECORD).write_text(json.dumps(self.record, indent=1, default=str))
+
+
+def verify_entry(folder: str | os.PathLike) -> dict:
+    """The record of the cache entry in ``folder``, after checking every file against the sha256 recorded
+    when it was written; ``ValueError`` saying what is wrong (record unreadable, a file missing or altered).
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2)."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"its record {RECORD} cannot be read ({exc})") from None
+    files = record.get(FILES) if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"its record {RECORD} lists no files with their sha256")
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{name} is missing")
+        if sha256_file_cached(path) != digest:
+            raise ValueError(f"{name} does not match the sha256 recorded when it was written (altered or damaged)")
+    return record
+
+
+def _load_sound(folder: Path, load: Callable[[Path], T], report: bool) -> tuple[T, dict] | None:
+    """``(value, info)`` of a sound entry in ``folder``; else ``None`` -- after removing a damaged one when
+    ``report`` (the caller holds the lock), saying so on stderr."""
+    if not folder.exists():
+        return None
+    try:
+        record = verify_entry(folder)
+        return load(folder), {**record, "folder": str(folder), "from_cache": True}
+    except Exception as exc:  # any failure to verify or to load means: build it again
+        if report:
+            print(f"cache entry {folder} is damaged ({exc}): discarding it and building it again", file=sys.stderr)
+            shutil.rmtree(folder)
+        return None
 
 
 def cached_model(
@@ -108,30 +152,43 @@ def cached_model(
     load: Callable[[Path], T],
     train: Callable[[Path], tuple[T, Sequence, dict]],
 ) -> tuple[T, dict]:
-    """``(value, info)``: ``load(folder)`` when ``folder`` holds a complete entry, else ``train`` it and cache it.
+    """``(value, info)``: ``load(folder)`` when ``folder`` holds a sound entry, else ``train`` it and cache it.
 
     ``train(scratch)`` returns ``(value, objects, record)``: what the caller gets, the objects to save
     (anything with ``save_pretrained``: model, tokenizer), and a JSON-serialisable ``record`` (what
     determined the model and what was measured). ``scratch`` is a working folder beside the entry for
     checkpoints, so an interrupted training resumes; it is removed once the entry is written.
-    The objects and ``RECORD`` are saved together with :func:`atomic_save_pretrained`.
+    The objects and ``RECORD`` (with every file's sha256) are saved together with
+    :func:`atomic_save_pretrained`.
+
+    Every hit is verified (:func:`verify_entry`) and loaded, writing nothing; an entry that fails either
+    is reported on stderr, discarded and trained again. Building takes a file lock beside the entry
+    (``<folder>.lock``, left in place), so a second process that asks for the same entry meanwhile
+    waits for the first and then loads what it wrote (no work twice, no shared scratch).
 
     ``info`` is the record plus ``folder`` and ``from_cache``.
 
     Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
+    from filelock import FileLock
+
     folder = Path(folder)
-    if (folder / RECORD).is_file():
-        value = load(folder)
-        record = json.loads((folder / RECORD).read_text())
-        return value, {**record, "folder": str(folder), "from_cache": True}
-    scratch = folder.with_name(folder.name + ".partial")
-    scratch.mkdir(parents=True, exist_ok=True)
-    value, objects, record = train(scratch)
-    with quiet_hf():
-        atomic_save_pretrained(folder, *objects, _Record(record))
-    shutil.rmtree(scratch, ignore_errors=True)
-    return value, {**record, "folder": str(folder), "from_cache": False}
+    hit = _load_sound(folder, load, report=False)  # the common case, read-only: no lock, nothing written
+    if hit is not None:
+        return hit
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.with_name(folder.name + ".lock"))):
+        hit = _load_sound(folder, load, report=True)  # another process may have built it while we waited
+        if hit is not None:
+            return hit
+        scratch = folder.with_name(folder.name + ".partial")
+        scratch.mkdir(parents=True, exist_ok=True)
+        value, objects, record = train(scratch)
+        saved = _Record(record)
+        with quiet_hf():
+            atomic_save_pretrained(folder, *objects, saved)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return value, {**saved.record, "folder": str(folder), "from_cache": False}
 
 
 def save_logits(path: str | os.PathLike, logits: torch.Tensor, idx: list[int] | torch.Tensor, meta: dict) -> Path:
@@ -170,7 +227,9 @@ def load_logits(path: str | os.PathLike, expected_idx: list[int] | None = None, 
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata().get("meta", "{}"))
             logits, idx = f.get_tensor("logits"), f.get_tensor("idx")
-    except Exception:  # a corrupt file is recomputed, never trusted
+    except Exception as exc:  # a corrupt file is recomputed, never trusted
+        print(f"logits cache {path} is damaged ({type(exc).__name__}): discarding it; the logits are computed again",
+              file=sys.stderr)
         with contextlib.suppress(OSError):
             path.unlink()
         return None

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
-__all__ = ["check_main", "distill_main", "main"]
+__all__ = ["EXPECTED", "check_main", "distill_main", "issues_url", "main", "report_error"]
 
 
 def _layers(text: str) -> int | tuple[int, ...]:
@@ -62,10 +64,48 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_lib", description="Knowledge-distillation course tools.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error (or set KD_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("check", help="check Python, packages, the packaged teacher and the data files")
-    _add_distill_arguments(sub.add_parser("distill", help="fine-tune a teacher and distil a DistilBERT student"))
+    sub.add_parser("check", parents=[common], help="check Python, packages, the packaged teacher and the data files")
+    _add_distill_arguments(sub.add_parser("distill", parents=[common],
+                                          help="fine-tune a teacher and distil a DistilBERT student"))
     return parser
+
+
+# Errors that mean "the input or the environment is wrong": their message names the fix.
+EXPECTED = (ValueError, OSError, FloatingPointError)
+
+
+def issues_url() -> str:
+    """Where to report a bug: the ``Issues`` URL of the installed package's metadata (pyproject.toml).
+    Course infrastructure (the command line), not taught in a notebook."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("kd-course").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    found = [u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("issues,")]
+    return found[0] if found else "the course's issue tracker"
+
+
+def report_error(exc: BaseException, debug: bool) -> int:
+    """Print one ``error:`` line for ``exc`` (the traceback too with ``debug``); return the exit code:
+    2 for an expected error (bad input, a damaged or missing file), 1 for an unexpected one (a bug).
+
+    Taught in notebook 11, section 3 (On GPUs: the commands).
+    """
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    message = " ".join(str(exc).split())  # one line, whatever the exception's text
+    if isinstance(exc, EXPECTED):
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    hint = "" if debug else "; re-run with --debug for the traceback, and"
+    print(f"error: unexpected {type(exc).__name__}: {message} -- this is probably a bug in kd-course{hint} "
+          f"please report it with the command you ran at {issues_url()}", file=sys.stderr)
+    return 1
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -85,9 +125,6 @@ def _distill(args: argparse.Namespace) -> int:
         with quiet_hf():
             results = run(config, args.output_dir, overwrite=args.overwrite, resume=args.resume,
                           checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         if rank == 0:
             print(f"\ninterrupted: re-run the same command (or add --resume) to continue from the last checkpoint "
@@ -102,22 +139,34 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from kd_lib.check import main as check
+
+    return check()
+
+
+COMMANDS = {"check": _check, "distill": _distill}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m kd_lib``; returns the process exit code.
+
+    Every failure ends in one ``error:`` line naming what failed and the fix, and a non-zero exit code;
+    ``--debug`` (or ``KD_DEBUG=1``) also shows the traceback.
 
     Taught in notebook 11, section 3 (On GPUs: the commands).
     """
     args = _parser().parse_args(argv)
-    if args.command == "check":
-        from kd_lib.check import main as check
-
-        return check()
-    return _distill(args)
+    debug = args.debug or os.environ.get("KD_DEBUG", "").strip() not in {"", "0"}
+    try:
+        return COMMANDS[args.command](args)
+    except Exception as exc:  # the top of the program: every error becomes one line and an exit code
+        return report_error(exc, debug)
 
 
 def check_main() -> int:
     """Entry point of the ``kd-check`` console script. Taught in notebook 11, section 3 (On GPUs: the commands)."""
-    return main(["check"])
+    return main(["check", *sys.argv[1:]])
 
 
 def distill_main() -> int:

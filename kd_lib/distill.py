@@ -51,7 +51,7 @@ def kd_from_cache(
 
     Taught in notebook 05, section 3 (Task-specific distillation, step by step).
     """
-    temperature, alpha = check_temperature(temperature), check_alpha(alpha)
+    temperature, alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
     if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2:
         got = tuple(teacher_logits.shape) if isinstance(teacher_logits, torch.Tensor) else type(teacher_logits).__name__
         raise ValueError(f"teacher_logits must be a tensor of shape [N, C]; got {got}")
@@ -77,7 +77,7 @@ def kd_online(
 
     Taught in notebook 05, section 3 (Task-specific distillation, step by step).
     """
-    temperature, alpha = check_temperature(temperature), check_alpha(alpha)
+    temperature, alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
     if cosine_weight < 0:
         raise ValueError(f"cosine_weight must be >= 0; got {cosine_weight!r}")
     freeze(teacher)
@@ -243,7 +243,7 @@ class FeatureDistillLoss(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.temperature, self.alpha = check_temperature(temperature), check_alpha(alpha)
+        self.temperature, self.alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
         weights = dict(weights or {})
         unknown = set(weights) - set(self.TERMS)
         if unknown:

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "KD_TEMPERATURE_MAX_FLOAT64",
+    "KD_TEMPERATURE_RANGE",
     "attention_loss",
     "check_alpha",
     "check_temperature",
@@ -33,9 +35,23 @@ __all__ = [
 
 IGNORE_INDEX = -100  # the label value that marks a position to skip (as in PyTorch and HF)
 
+# The temperatures at which the KD loss is computed accurately in float32 (and float16/bfloat16 training):
+# above 100 the soft targets differ from uniform by little more than float32's rounding, so the KL
+# (which the T^2 factor then multiplies by 10^4 or more) is mostly rounding error: measured relative
+# error 1e-4 at T = 100, 1e-3 at 1000, 100 % at 10^4. Below 0.01 the softmax is its arg-max for any
+# logit gap above 0.5 (a factor e^-50) and T^2 < 1e-4 scales the term away: that is hard-label
+# training (alpha = 0). In float64 the upper end moves to 10^4 (relative error about 1e-8).
+KD_TEMPERATURE_RANGE = (0.01, 100.0)
+KD_TEMPERATURE_MAX_FLOAT64 = 1e4
 
-def check_temperature(temperature: float, name: str = "temperature") -> float:
+
+def check_temperature(temperature: float, name: str = "temperature", *, kd: bool = False,
+                      dtype: torch.dtype = torch.float32) -> float:
     """Return ``temperature`` as a float, or raise ``ValueError`` if it is not finite and > 0.
+
+    With ``kd=True`` (the temperature of a KD loss computed in ``dtype``) it must also lie in
+    :data:`KD_TEMPERATURE_RANGE` (the upper end is :data:`KD_TEMPERATURE_MAX_FLOAT64` for float64):
+    outside it the loss is rounding error or vanishes, and the message says why.
 
     Taught in notebook 02, section 5 (Five traps).
     """
@@ -50,6 +66,22 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
             f"{name} must be a finite number > 0 (valid range: 0 < {name} < inf, "
             f"typical values 1-10); got {temperature!r}"
         )
+    if kd:
+        low, high = KD_TEMPERATURE_RANGE
+        if dtype == torch.float64:
+            high = KD_TEMPERATURE_MAX_FLOAT64
+        if value > high:
+            raise ValueError(
+                f"{name} {temperature!r} is too high for a KD loss in {str(dtype).removeprefix('torch.')}: above "
+                f"{high:g} the soft targets are uniform up to rounding, so the loss (times T² = {value:.3g}²) "
+                f"is mostly rounding error; use {name} <= {high:g} (typical values 1-10)"
+            )
+        if value < low:
+            raise ValueError(
+                f"{name} {temperature!r} is too low for a KD loss: below {low:g} the soft targets are the "
+                f"teacher's one-hot arg-max and T² < {low ** 2:g} scales the term away; for hard labels use "
+                f"alpha = 0 (plain cross-entropy), else {name} >= {low:g} (typical values 1-10)"
+            )
     return value
 
 
@@ -108,6 +140,12 @@ def _check_mask(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _check_not_empty(logits: torch.Tensor) -> None:
+    if logits.shape[0] == 0 or (logits.dim() == 3 and logits.shape[1] == 0):
+        raise ValueError(f"the batch is empty (logits of shape {tuple(logits.shape)}): there is nothing to average "
+                         "over; skip empty batches (e.g. DataLoader(drop_last=...) or a filter) before the loss")
+
+
 def softmax_t(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Class probabilities at temperature ``T``: ``softmax(logits / T)`` over the last dimension.
 
@@ -159,13 +197,17 @@ def kd_loss(
 
     Taught in notebook 02, section 3 (Hinton's KD loss).
     """
-    temperature = check_temperature(temperature)
     _check_logits(student_logits, teacher_logits)
+    temperature = check_temperature(temperature, kd=True, dtype=student_logits.dtype)
+    _check_not_empty(student_logits)
     log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
-    # KL(p_t || p_s) per position = sum_c p_t * (log p_t - log p_s); kl_div with log_target
-    # computes exactly that and treats 0 * log 0 as 0.
-    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=-1)
+    # KL(p_t || p_s) per position = sum_c p_t * (log p_t - log p_s), what kl_div(log_target=True)
+    # computes. A class the teacher rules out (logit -inf, e.g. a masked token) has p_t = 0 and
+    # contributes 0 -- but kl_div would compute 0 * (-inf - log p_s) = nan there, so such terms are
+    # set to 0 explicitly (where the teacher has mass, the terms are kl_div's, bit for bit).
+    terms = log_p_t.exp() * (log_p_t - log_p_s)
+    kl = torch.where(log_p_t == -math.inf, torch.zeros_like(terms), terms).sum(dim=-1)
     if mask is None:
         mean_kl = kl.mean()
     else:
@@ -201,16 +243,18 @@ def distillation_loss(
 
     Taught in notebook 02, section 4 (The full distillation loss).
     """
-    temperature = check_temperature(temperature)
-    alpha = check_alpha(alpha)
     _check_logits(student_logits, teacher_logits)
+    temperature = check_temperature(temperature, kd=True, dtype=student_logits.dtype)
+    alpha = check_alpha(alpha)
+    _check_not_empty(student_logits)
     num_classes = student_logits.shape[-1]
     expected = tuple(student_logits.shape[:-1])
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != expected:
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels must be an integer tensor of shape {expected}; got {got}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must hold integer class indices; got dtype {labels.dtype}")
+    labels = labels.long()  # any integer dtype (int32 from NumPy, uint8, ...): cross_entropy wants int64
     mask = None
     if student_logits.dim() == 3:
         mask = labels != IGNORE_INDEX

@@ -20,6 +20,8 @@ __all__ = [
     "PACKAGED_TEACHER_SHA256",
     "TeacherIntegrityError",
     "TeacherSource",
+    "check_finite",
+    "check_safetensors",
     "load_teacher",
     "packaged_teacher_path",
     "resolve_teacher",
@@ -32,7 +34,10 @@ _WEIGHTS = "model.safetensors"
 
 
 class TeacherIntegrityError(ValueError):
-    """The teacher's weights do not match their recorded sha256. Taught in notebook 04, section 2 (A tour of BERT)."""
+    """The teacher's weights do not match their recorded sha256, cannot be read, or hold NaN/inf values.
+
+    Taught in notebook 04, section 2 (A tour of BERT).
+    """
 
 
 def packaged_teacher_path() -> Path:
@@ -75,6 +80,39 @@ def verify_packaged_teacher() -> Path:
     folder = packaged_teacher_path()
     _verify_weights(folder, PACKAGED_TEACHER_SHA256)
     return folder
+
+
+def check_safetensors(path: str | os.PathLike) -> Path:
+    """Read every tensor of a safetensors file, or raise :class:`TeacherIntegrityError` naming the file
+    and the fix: a damaged header or a truncated file is refused before ``from_pretrained`` sees it.
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 -- safe_open handles have no __iter__
+                f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise TeacherIntegrityError(
+            f"{path} is damaged and cannot be read ({type(exc).__name__}: {exc}); restore the folder from where "
+            "it came from, or save the model again with `model.save_pretrained(folder)`"
+        ) from None
+    return path
+
+
+def check_finite(model, what: str) -> None:
+    """Raise :class:`TeacherIntegrityError` if any parameter or buffer of ``model`` holds NaN or inf.
+    Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2)."""
+    import torch
+
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TeacherIntegrityError(
+            f"{what} has NaN or infinite values in {len(bad)} tensor(s) (first: {bad[0]}): its weights were "
+            "damaged or its training diverged; restore or retrain it"
+        )
 
 
 def _looks_like_path(name: str) -> bool:
@@ -207,8 +245,11 @@ def load_teacher(
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
         raise ValueError(f"num_labels must be an int >= 2; got {num_labels!r}")
     teacher = resolve_teacher(name_or_path)
-    if sha256 is not None and teacher.kind == "folder":
-        _verify_weights(Path(teacher.location), sha256)
+    if teacher.kind == "folder":
+        if sha256 is not None:
+            _verify_weights(Path(teacher.location), sha256)
+        for weights in sorted(Path(teacher.location).glob("*.safetensors")):
+            check_safetensors(weights)
     source = teacher.source()
     with quiet_hf():
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
@@ -221,5 +262,6 @@ def load_teacher(
             ignore_mismatched_sizes=new_head,
         )
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
+    check_finite(model, f"teacher {source}")
     model.eval()
     return model, tokenizer

@@ -137,7 +137,7 @@ def _check_options(config: DistillConfig, world: int) -> None:
     """The options on their own: names, ranges, device and backend, and how a batch splits over processes."""
     if config.task not in TASKS:
         raise ValueError(f"--task {config.task!r} is unknown; choose one of: {', '.join(sorted(TASKS))}")
-    check_temperature(config.temperature, "--temperature")
+    check_temperature(config.temperature, "--temperature", kd=True)
     check_alpha(config.alpha, "--alpha")
     for name in ("epochs", "batch_size", "teacher_epochs"):
         _positive_int(getattr(config, name), f"--{name.replace('_', '-')}")
@@ -147,6 +147,11 @@ def _check_options(config: DistillConfig, world: int) -> None:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 2):
             raise ValueError(f"{name} must be an int >= 2 or None; got {value!r}")
+    for name in ("seed", "teacher_seed"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1 (NumPy's and "
+                             f"PyTorch's seed range); got {value!r}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if config.device not in {"cpu"} and not config.device.startswith(("cuda", "mps")):
@@ -220,7 +225,7 @@ class _State:
         self.path, self.write = output_dir / "state.json", write
         self.config = json.loads(json.dumps(asdict(config)))
         if self.path.is_file() and not overwrite:
-            saved = json.loads(self.path.read_text())
+            saved = self._read()
             defaults = json.loads(json.dumps(asdict(DistillConfig())))  # for settings added since the run began
             saved["config"] = {k: saved["config"].get(k, defaults[k]) for k in self.config}
             if saved["config"] != self.config:
@@ -232,6 +237,20 @@ class _State:
             self.stages = saved["stages"]
         else:
             self.stages = {}
+
+    def _read(self) -> dict:
+        """The saved state, or ``ValueError`` naming the file and the way out when it is damaged."""
+        try:
+            saved = json.loads(self.path.read_text())
+            if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
+                    and isinstance(saved.get("stages"), dict)):
+                raise ValueError("it lacks the 'config' and 'stages' of a run")
+        except (ValueError, OSError) as exc:
+            raise ValueError(
+                f"{self.path} is damaged ({exc}): it records which stages of the run finished, so the run "
+                "cannot continue from it. Start it afresh with --overwrite, or use another --output-dir"
+            ) from None
+        return saved
 
     def done(self, stage: str) -> dict | None:
         return self.stages.get(stage)
@@ -265,7 +284,8 @@ def _teacher_stage(job: _Job):
     """Stage 1: rank 0 fine-tunes the teacher (or finds it cached), the others then load it; its accuracy."""
     config, state, start = job.config, job.state, time.perf_counter()
     teacher, tokenizer, info = distributed.rank0_first(
-        lambda: finetuned_teacher(config.teacher_recipe(), device=job.device, progress=job.progress))
+        lambda: finetuned_teacher(config.teacher_recipe(), device=job.device, progress=job.progress,
+                                  checkpoint_every=job.checkpoint_every))
     teacher.to(job.device).eval()
     split = eval_split(config.task)
     limits = {"train": config.train_limit, split: config.eval_limit}
@@ -364,16 +384,23 @@ def _speed_stage(job: _Job, teacher, student, held_out) -> None:
         job.state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
 
 
+OUTPUTS = ("results.json", "report.md", "results.png", "student", "teacher_logits.safetensors", "checkpoints",
+           "state.json")  # what a run writes in its output folder; --overwrite removes them in this order
+
+
 def _prepare_output(output_dir: Path, overwrite: bool, processes: Processes) -> None:
-    """Rank 0 creates the checkpoint folder (emptied, with the old state and logits, on ``overwrite``)."""
-    checkpoints = output_dir / "checkpoints"
+    """Rank 0 creates the checkpoint folder; with ``overwrite`` it first removes everything an earlier run
+    wrote there, its results first and its state last, so an interrupted ``--overwrite`` never leaves the
+    old results beside a new run."""
     if processes.main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for name in ("state.json", "teacher_logits.safetensors"):
-                (output_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(checkpoints)
-            checkpoints.mkdir()
+            for name in OUTPUTS:
+                path = output_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     distributed.barrier()
 
 

@@ -11,7 +11,6 @@ Taught in notebook 04 (A BERT teacher), section 3.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from kd_lib.cache import RECORD, cache_dir, cached_model, config_key
+from kd_lib.cache import cache_dir, cached_model, config_key, verify_entry
 from kd_lib.data import TASKS, EncodedDataset, eval_split, load_task, set_label_names
-from kd_lib.models import load_teacher, resolve_teacher
+from kd_lib.models import TeacherIntegrityError, load_teacher, resolve_teacher
 from kd_lib.training import TrainSettings, ce_loss, evaluate_accuracy, fit
 from kd_lib.utils import set_seed
 
@@ -63,7 +62,7 @@ def recipe_key(recipe: TeacherRecipe) -> str:
     return config_key({**asdict(recipe), "teacher": resolve_teacher(recipe.teacher).identity()})
 
 
-def _fine_tune(recipe: TeacherRecipe, scratch: Path, device, progress: bool):
+def _fine_tune(recipe: TeacherRecipe, scratch: Path, device, progress: bool, checkpoint_every: int | None):
     """Fine-tune the recipe's teacher (checkpoints in ``scratch``); return it, what to save, and its record."""
     start = time.perf_counter()
     set_seed(recipe.seed)
@@ -73,7 +72,7 @@ def _fine_tune(recipe: TeacherRecipe, scratch: Path, device, progress: bool):
     held_out = EncodedDataset(data[eval_split(recipe.task)], tokenizer, recipe.max_length)
     history = fit(
         model, train, ce_loss(), recipe.settings(), seed=recipe.seed, checkpoint=str(scratch / "checkpoint.pt"),
-        device=device, progress=progress, desc="fine-tune teacher",
+        device=device, progress=progress, desc="fine-tune teacher", checkpoint_every=checkpoint_every,
     )
     acc = evaluate_accuracy(model, held_out, device=device)
     set_label_names(model, recipe.task)
@@ -95,6 +94,7 @@ def finetuned_teacher(
     device: str | torch.device = "cpu",
     progress: bool = True,
     cache_root: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ):
     """Return ``(model, tokenizer, info)`` for the teacher fine-tuned with ``recipe``.
 
@@ -103,7 +103,9 @@ def finetuned_teacher(
     ``cache_root`` (default ``$KD_CACHE_DIR``) under ``teachers/<task>-<recipe_key>``.
 
     ``info`` holds the recipe, the cache folder, the evaluation accuracy, the training losses, the
-    wall time of the training, and ``from_cache``. The model is in eval mode on ``device``.
+    wall time of the training, and ``from_cache``. The model is in eval mode on ``device``. Fine-tuning
+    checkpoints after every epoch, and every ``checkpoint_every`` optimizer steps if given (not part of
+    the recipe: it changes nothing in the result), so an interrupted fine-tuning resumes.
 
     Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
@@ -111,8 +113,13 @@ def finetuned_teacher(
     num_labels = len(TASKS[recipe.task].label_names)
     if source.finetuned:
         folder = Path(source.location)
+        try:
+            record = verify_entry(folder)
+        except ValueError as exc:
+            raise TeacherIntegrityError(
+                f"teacher folder {folder} was fine-tuned by the course but is damaged: {exc}; restore it, or "
+                "delete it and pass the base model to fine-tune it again") from None
         model, tokenizer = load_teacher(folder, num_labels=num_labels)
-        record = json.loads((folder / RECORD).read_text())
         return model.to(device).eval(), tokenizer, {**record, "folder": str(folder), "from_cache": True}
     root = Path(cache_root) if cache_root is not None else cache_dir()
     folder = root / "teachers" / f"{recipe.task}-{recipe_key(recipe)}"
@@ -121,5 +128,8 @@ def finetuned_teacher(
         model, tokenizer = load_teacher(path, num_labels=num_labels)
         return model.to(device).eval(), tokenizer
 
-    (model, tokenizer), info = cached_model(folder, load, lambda scratch: _fine_tune(recipe, scratch, device, progress))
+    def train(scratch: Path):
+        return _fine_tune(recipe, scratch, device, progress, checkpoint_every)
+
+    (model, tokenizer), info = cached_model(folder, load, train)
     return model, tokenizer, info

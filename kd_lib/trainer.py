@@ -24,6 +24,8 @@ import io
 import json
 import os
 import random
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,7 +145,7 @@ class DistillationTrainer(Trainer):
         cosine_weight: float = 0.0,
         **kwargs,
     ) -> None:
-        temperature, alpha = check_temperature(temperature), check_alpha(alpha)
+        temperature, alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
         if (teacher is None) == (teacher_logits is None):
             raise ValueError("pass exactly one of teacher= (a live model) or teacher_logits= (its cached [N, C] "
                              f"logits); got {'both' if teacher is not None else 'neither'}")
@@ -249,14 +251,44 @@ class _MarkComplete(TrainerCallback):
         return control
 
 
+def _damage(checkpoint: Path) -> str | None:
+    """Why a completely written Trainer checkpoint cannot be resumed from (a file unreadable), or ``None``."""
+    import zipfile
+
+    from kd_lib.models import TeacherIntegrityError, check_safetensors
+
+    try:
+        paths = sorted(checkpoint.iterdir())
+    except OSError as exc:  # removed meanwhile by another process
+        return f"it cannot be listed ({type(exc).__name__})"
+    for path in paths:
+        try:
+            if path.suffix == ".safetensors":
+                check_safetensors(path)
+            elif path.suffix in {".pt", ".pth", ".bin"}:  # torch.save files are zip archives
+                with zipfile.ZipFile(path) as archive:
+                    if archive.testzip() is not None:
+                        return f"{path.name} is corrupt"
+        except (TeacherIntegrityError, zipfile.BadZipFile, OSError) as exc:
+            return f"{path.name} cannot be read ({type(exc).__name__})"
+    return None
+
+
 def last_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The Trainer checkpoint ``folder/checkpoint-N`` with the largest ``N`` that was completely
-    written (holds :data:`COMPLETE`), or ``None``.
+    written (holds :data:`COMPLETE`) and whose files can be read, or ``None``. A complete checkpoint
+    with a damaged file is reported on stderr and removed; the one before it is used instead.
 
     Taught in notebook 11, section 1 (From the loop to the Trainer).
     """
     done = [p for p in Path(folder).glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name[11:].isdigit()]
-    return max(done, key=lambda p: int(p.name[11:]), default=None)
+    for checkpoint in sorted(done, key=lambda p: int(p.name[11:]), reverse=True):
+        problem = _damage(checkpoint)
+        if problem is None:
+            return checkpoint
+        print(f"checkpoint {checkpoint} is damaged ({problem}): discarding it", file=sys.stderr)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def training_arguments(

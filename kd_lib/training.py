@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -429,7 +430,9 @@ def train_epoch(
                 with autocast:
                     loss = objective(forward(model, part, device, needs), part)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}: lower the learning rate")
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step}: the learning rate may be too "
+                        "high (lower it), or the batch, the model or the teacher's logits hold NaN or inf values")
                 weighted = loss if parts == 1 else loss * (world * n / n_batch)
                 scaler = optimization.scaler
                 (scaler.scale(weighted) if scaler is not None else weighted).backward()
@@ -554,11 +557,24 @@ class _Run:
         atomic_write_bytes(path, buffer.getvalue())
 
     def load(self, path) -> tuple[int, EpochStart]:
-        """Restore the checkpoint at ``path``; return the epoch to continue and where in it."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """Restore the checkpoint at ``path``; return the epoch to continue and where in it.
+
+        A checkpoint that cannot be read, or that belongs to another model, is reported on stderr and
+        discarded (by rank 0): the training starts again from its first step rather than stopping.
+        """
         opt = self.optimization
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            _check_checkpoint(state, self.trained)
+            opt.optimizer.load_state_dict(state["optimizer"])  # checks the parameter groups before changing anything
+        except Exception as exc:  # torch.load raises many kinds (RuntimeError, EOFError, UnpicklingError, ...)
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(f"checkpoint {path} is damaged ({type(exc).__name__}: {reason}): discarding it; this training "
+                  "starts again from its first step", file=sys.stderr)
+            if self.processes.main:
+                Path(path).unlink(missing_ok=True)
+            return 0, EpochStart()
         self.trained.load_state_dict(state["model"])
-        opt.optimizer.load_state_dict(state["optimizer"])
         opt.scheduler.load_state_dict(state["scheduler"])
         if opt.scaler is not None and state.get("scaler"):
             opt.scaler.load_state_dict(state["scaler"])
@@ -569,6 +585,19 @@ class _Run:
         # the loss sums of a partly done epoch are the whole batch's: rank 0 carries them
         loss_sum, examples = state.get("loss_so_far", (0.0, 0)) if self.processes.main else (0.0, 0)
         return state["epochs_done"], EpochStart(state.get("steps_done", 0), loss_sum, examples)
+
+
+def _check_checkpoint(state, trained: nn.Module) -> None:
+    """``ValueError`` unless ``state`` is a checkpoint of ``trained``: every entry there, every tensor's shape."""
+    keys = set(state) if isinstance(state, dict) else set()
+    missing = {"epochs_done", "model", "optimizer", "scheduler", "history"} - keys
+    if missing:
+        raise ValueError(f"it lacks {sorted(missing)}")
+    want = {k: tuple(v.shape) for k, v in trained.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if got != want:
+        raise ValueError(f"it holds another model ({len(set(got) ^ set(want))} names and "
+                         f"{sum(got.get(k) != v for k, v in want.items())} shapes differ)")
 
 
 def _check_fit_options(checkpoint, checkpoint_every, distributed: bool) -> None:

@@ -127,7 +127,7 @@ def transfer_loss(
 
     Taught in notebook 05, section 5 (Where distillation earns its keep: few labels and a transfer set).
     """
-    temperature, alpha = check_temperature(temperature), check_alpha(alpha)
+    temperature, alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
     for name, t in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2:
             got = f"shape {tuple(t.shape)}, dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__

@@ -316,8 +316,10 @@ def test_train_once_trains_once_then_loads_the_same_weights(tmp_path):
     assert not again.training
     _, info3 = train_once("client0", {**config, "seed": 1}, train, cache_root=tmp_path)
     assert len(calls) == 2 and not info3["from_cache"] and info3["folder"] != info["folder"]
-    folders = sorted(p.name for p in (tmp_path / "models").iterdir())
+    names = sorted(p.name for p in (tmp_path / "models").iterdir())
+    folders = [name for name in names if not name.endswith(".lock")]  # the cache's lock files stay
     assert len(folders) == 2 and all(name.startswith("client0-") for name in folders)  # no temporary leftovers
+    assert sorted(set(names) - set(folders)) == sorted(f"{name}.lock" for name in folders)
 
 
 def test_train_once_rejects_a_path_as_name(tmp_path):

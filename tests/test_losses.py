@@ -259,3 +259,66 @@ def test_bad_mask():
         kd_loss(s, s, mask=torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"only for token-level"):
         kd_loss(torch.randn(2, 3), torch.randn(2, 3), mask=torch.ones(2))
+
+
+# ---------------------------------------------------------------- extreme inputs (issue 14)
+@pytest.mark.parametrize("temp, message", [(1e6, "too high"), (1e30, "too high"), (1e200, "too high"),
+                                           (150.0, "too high"), (1e-200, "too low"), (0.001, "too low")])
+def test_kd_temperature_is_bounded_and_the_message_says_why(temp, message):
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    for fn in (lambda: kd_loss(s, t, temp), lambda: distillation_loss(s, t, y, temperature=temp)):
+        with pytest.raises(ValueError, match=message) as info:
+            fn()
+        assert "rounding" in str(info.value) or "alpha = 0" in str(info.value)
+    softmax_t(s, temp)  # a softmax alone is fine at any positive temperature (notebook 01 explores 1e4)
+
+
+def test_kd_loss_is_accurate_across_the_allowed_range():
+    """float32 within 1e-3 (relative) of float64 at both ends of KD_TEMPERATURE_RANGE; float64 allows up to 1e4."""
+    from kd_lib.losses import KD_TEMPERATURE_MAX_FLOAT64, KD_TEMPERATURE_RANGE, check_temperature
+
+    torch.manual_seed(0)
+    s, t = 3 * torch.randn(8, 1000, dtype=torch.float64), 3 * torch.randn(8, 1000, dtype=torch.float64)
+    for temp in KD_TEMPERATURE_RANGE:
+        exact = kd_loss(s, t, temp).item()
+        assert kd_loss(s.float(), t.float(), temp).item() == pytest.approx(exact, rel=1e-3)
+    assert torch.isfinite(kd_loss(s, t, KD_TEMPERATURE_MAX_FLOAT64))
+    assert check_temperature(150.0) == 150.0  # the bound is for KD losses only
+    with pytest.raises(ValueError, match=r"--temperature 1e\+200 is too high"):
+        check_temperature(1e200, "--temperature", kd=True)
+
+
+def test_a_teacher_logit_of_minus_infinity_is_a_class_with_no_mass():
+    """A masked class (-inf) contributes nothing: the loss is the float64 KL over the teacher's support."""
+    t = torch.tensor([[1.0, -math.inf, 0.5, 2.0], [-math.inf, 0.2, 0.3, -math.inf]], dtype=torch.float64)
+    s = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    loss = kd_loss(s, t, 2.0)
+    p_t, log_p_s = torch.softmax(t / 2, -1), torch.log_softmax(s.detach() / 2, -1)
+    support = p_t > 0
+    want = 4 * (p_t[support] * (p_t[support].log() - log_p_s[support])).sum() / 2
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(want.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(loss, s)
+    np.testing.assert_allclose(grad.numpy(), (2.0 * (torch.softmax(s.detach() / 2, -1) - p_t) / 2).numpy(), atol=1e-12)
+    y = torch.tensor([0, 1])
+    assert torch.isfinite(distillation_loss(s.float(), t.float(), y, 2.0, 0.5))
+
+
+def test_an_empty_batch_is_refused_by_both_losses():
+    empty = torch.randn(0, 3)
+    for fn in (lambda: kd_loss(empty, empty), lambda: distillation_loss(empty, empty, torch.zeros(0, dtype=torch.long)),
+               lambda: kd_loss(torch.randn(2, 0, 3), torch.randn(2, 0, 3))):
+        with pytest.raises(ValueError, match="the batch is empty"):
+            fn()
+    with pytest.raises(ValueError, match="selects no position"):  # the all-zero mask: also a ValueError
+        kd_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), mask=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int64])
+def test_any_integer_label_dtype_is_accepted(dtype):
+    torch.manual_seed(1)
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    labels = torch.tensor([0, 2, 1, 2])
+    want = distillation_loss(s, t, labels)
+    assert torch.equal(distillation_loss(s, t, labels.to(dtype)), want)
+    with pytest.raises(ValueError, match="integer class indices"):
+        distillation_loss(s, t, torch.tensor([True, False, True, False]))

@@ -133,3 +133,29 @@ def test_classifier_for_other_label_count_gets_a_new_head(tiny_bert_folder):
     assert model.classifier.out_features == 2
     torch.testing.assert_close(model.bert.encoder.layer[0].output.dense.weight,
                                original.bert.encoder.layer[0].output.dense.weight)
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated"])
+def test_a_damaged_teacher_folder_is_refused_with_the_fix(tiny_bert_folder, damage):
+    folder, _ = tiny_bert_folder
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "header":
+        data[10:40] = b"\xff" * 30  # bytes overwritten in the JSON header
+    else:
+        data = data[: len(data) // 2]
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TeacherIntegrityError, match=r"model\.safetensors is damaged and cannot be read.*save the"):
+        load_teacher(folder, num_labels=3)
+
+
+def test_a_teacher_with_nan_weights_is_refused(tiny_bert_folder):
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = tiny_bert_folder
+    tensors = load_file(folder / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[3] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(TeacherIntegrityError, match="NaN or infinite values"):
+        load_teacher(folder, num_labels=3)

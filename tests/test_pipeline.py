@@ -303,3 +303,102 @@ def test_gpu_check_script_without_cuda(monkeypatch, capsys):
     cmds = gpu_check.commands(Path("out"))
     assert cmds["distill"][1:9] == ["-m", "kd_lib", "distill", "--preset", "default", "--bf16", "--device", "cuda"]
     assert cmds["bench"][2:] == ["--device", "cuda", "--dtype", "bfloat16", "--output", str(Path("out") / "bench.json")]
+
+
+# ------------------------------------------------------------------ damaged files and extreme inputs (issue 14)
+def _cli(tmp_path, capsys, *argv):
+    from kd_lib.cli import main
+
+    code = main(["distill", "--preset", "fast", "--output-dir", str(tmp_path / "out"), "--no-progress", *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--teacher", "./no-such-folder"], r"--teacher ./no-such-folder: teacher folder no-such-folder does not exist"),
+    (["--seed", "-1"], r"--seed must be an integer from 0 to 2\*\*32 - 1"),
+    (["--teacher-seed", "-1"], r"--teacher-seed must be an integer from 0 to 2\*\*32 - 1"),
+    (["--temperature", "1e200"], r"--temperature 1e\+200 is too high for a KD loss.*rounding"),
+    (["--temperature", "1e-200"], r"--temperature 1e-200 is too low for a KD loss.*alpha = 0"),
+])
+def test_bad_values_end_in_one_error_line_and_leave_nothing_behind(tmp_path, cache, capsys, argv, message):
+    code, err = _cli(tmp_path, capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), err
+    assert not (tmp_path / "out").exists() and not (cache / "teachers").exists()
+
+
+def test_a_damaged_teacher_folder_ends_in_one_error_line(tmp_path, cache, capsys):
+    folder = tmp_path / "teacher"
+    save_tiny_bert(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    capsys.readouterr()  # saving the fixture printed a progress bar
+    code, err = _cli(tmp_path, capsys, "--teacher", str(folder))
+    assert code == 2 and err.count("\n") == 1 and "model.safetensors is damaged and cannot be read" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, message", [('{"config": {"preset": "fa', "Unterminated string"),
+                                              ("{}", "it lacks the 'config' and 'stages'")])
+def test_a_damaged_state_file_names_the_file_and_the_way_out(tiny_teacher, tmp_path, cache, content, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "state.json").write_text(content)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(out / 'state.json'))} is damaged \({message}.*--overwrite"):
+        run(tiny_config(tiny_teacher), out, progress=False, log=lambda *_: None)
+
+
+def test_an_interrupted_overwrite_leaves_no_old_results_behind(tiny_teacher, tmp_path, cache, monkeypatch):
+    out = tmp_path / "out"
+    run(tiny_config(tiny_teacher, epochs=1), out, progress=False, log=lambda *_: None)
+    assert all((out / name).exists() for name in ("results.json", "report.md", "results.png", "student"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(tiny_teacher, epochs=1, seed=5), out, overwrite=True, progress=False, log=lambda *_: None)
+    assert not any((out / name).exists() for name in ("results.json", "report.md", "results.png", "student"))
+    assert json.loads((out / "state.json").read_text())["config"]["seed"] == 5
+
+
+def test_a_damaged_step_checkpoint_does_not_block_the_run(tiny_teacher, tmp_path, cache, monkeypatch, capsys):
+    config, out = tiny_config(tiny_teacher), tmp_path / "out"
+    reference = run(config, tmp_path / "reference", progress=False, log=lambda *_: None)
+    calls = {"n": 0}
+    real_epoch = training.train_epoch
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(training, "train_epoch", real_epoch)
+    ckpt = out / "checkpoints" / "student_kd.pt"
+    ckpt.write_bytes(b"\x00" * 100)
+    resumed = run(config, out, resume=True, progress=False, log=lambda *_: None)
+    assert "student_kd.pt is damaged" in capsys.readouterr().err
+    assert resumed["student"]["accuracy"] == reference["student"]["accuracy"]
+
+
+def test_unexpected_errors_are_one_line_with_where_to_report_and_debug_shows_the_traceback(monkeypatch, capsys):
+    from kd_lib import cli, pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(pipeline, "run", broken)
+    assert cli.main(["distill", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: unexpected RuntimeError: something nobody foresaw" in err
+    assert "--debug" in err and "github.com/kd-course/kd-course/issues" in err
+    assert cli.main(["distill", "--no-progress", "--debug"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    monkeypatch.setenv("KD_DEBUG", "1")
+    assert cli.main(["distill", "--no-progress"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

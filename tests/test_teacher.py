@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,43 @@ def test_an_interrupted_fine_tuning_resumes_to_the_same_teacher(tiny_teacher, tm
     assert not info["from_cache"]
     for p, q in zip(resumed.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_a_damaged_cached_teacher_is_discarded_and_fine_tuned_again(tiny_teacher, tmp_path, capsys):
+    recipe = _recipe(tiny_teacher)
+    first, _, info = finetuned_teacher(recipe, progress=False, cache_root=tmp_path)
+    weights = Path(info["folder"]) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # truncated
+    again, _, info = finetuned_teacher(recipe, progress=False, cache_root=tmp_path)
+    assert not info["from_cache"] and _same_weights(again, first)  # the same recipe gives the same teacher
+    assert "is damaged (model.safetensors does not match the sha256" in capsys.readouterr().err
+
+
+def test_a_damaged_fine_tuned_teacher_folder_is_refused(tiny_teacher, tmp_path):
+    from kd_lib.models import TeacherIntegrityError
+
+    _, _, info = finetuned_teacher(_recipe(tiny_teacher), progress=False, cache_root=tmp_path)
+    (Path(info["folder"]) / "config.json").write_text("{}")
+    with pytest.raises(TeacherIntegrityError, match=r"fine-tuned by the course but is damaged: config\.json does not"):
+        finetuned_teacher(_recipe(info["folder"]), progress=False, cache_root=tmp_path / "other")
+
+
+def test_fine_tuning_honours_checkpoint_every(tiny_teacher, tmp_path, monkeypatch):
+    """64 sentences in batches of 16: with checkpoint_every=3, step checkpoints after steps 3 and 6 (mid-epoch)."""
+    saved, real_save = [], training._Run.save
+
+    def recording_save(self, path, epochs_done, steps_done=0, *args):
+        saved.append((epochs_done, steps_done))
+        return real_save(self, path, epochs_done, steps_done, *args)
+
+    monkeypatch.setattr(training._Run, "save", recording_save)
+    finetuned_teacher(_recipe(tiny_teacher, epochs=2), progress=False, cache_root=tmp_path, checkpoint_every=3)
+    assert saved == [(0, 3), (1, 0), (1, 2), (2, 0)]  # steps 3, 4 (epoch end), 6, 8 (end)
+
+
+def test_checkpoint_every_changes_nothing_in_the_result(tiny_teacher, tmp_path):
+    """Step checkpoints are not part of the recipe: the same weights with and without them."""
+    plain, _, _ = finetuned_teacher(_recipe(tiny_teacher, epochs=2), progress=False, cache_root=tmp_path / "a")
+    stepped, _, _ = finetuned_teacher(_recipe(tiny_teacher, epochs=2), progress=False, cache_root=tmp_path / "b",
+                                      checkpoint_every=3)
+    assert _same_weights(plain, stepped)

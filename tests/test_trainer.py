@@ -196,6 +196,24 @@ def test_trainer_resumes_from_a_step_checkpoint_exactly(data, logits, tmp_path):
     assert (out / "checkpoint-12" / COMPLETE).is_file()
 
 
+def test_a_damaged_trainer_checkpoint_is_skipped_for_the_one_before(data, logits, tmp_path, capsys):
+    settings = TrainSettings(epochs=1, lr=1e-3, batch_size=16)
+    out = tmp_path / "run"
+    with quiet_hf():
+        trainer_fit(tiny(), data, settings, output_dir=out, teacher_logits=logits, seed=1, progress=False,
+                    checkpoint_every=2)
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert kept == ["checkpoint-4", "checkpoint-6"]  # the last two are kept
+    weights = out / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, though the checkpoint was marked complete
+    assert last_checkpoint(out).name == "checkpoint-4"
+    assert "checkpoint-6 is damaged (model.safetensors cannot be read" in capsys.readouterr().err
+    assert not (out / "checkpoint-6").exists()
+    optimizer = out / "checkpoint-4" / "optimizer.pt"
+    optimizer.write_bytes(b"not a zip archive")
+    assert last_checkpoint(out) is None
+
+
 def test_memory_estimate():
     got = training_memory_gb(100_000_000, layers=2, hidden=64, heads=4, batch=8, seq_len=16)
     assert got["weights"] == pytest.approx(0.4) and got["gradients"] == pytest.approx(0.4)

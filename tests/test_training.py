@@ -193,3 +193,31 @@ def test_accuracy_and_its_errors():
     assert accuracy(logits, [0, 1, 1]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="3 rows but labels 2"):
         accuracy(logits, [0, 1])
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated", "another model"])
+def test_a_damaged_checkpoint_is_discarded_and_training_starts_over(small_data, tmp_path, capsys, damage):
+    """The run is not stuck: the damaged file is reported and removed, and the result is an uninterrupted run's."""
+    settings = TrainSettings(epochs=2, lr=1e-3, batch_size=32)
+    torch.manual_seed(0)
+    reference = tiny_student()
+    want = fit(reference, small_data, ce_loss(), settings, seed=3, progress=False)
+    ckpt = tmp_path / "student.pt"
+    if damage == "random bytes":
+        ckpt.write_bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes())
+    elif damage == "truncated":
+        fit(tiny_student(), small_data, ce_loss(), TrainSettings(epochs=1, lr=1e-3, batch_size=32), seed=3,
+            progress=False, checkpoint=str(ckpt))
+        ckpt.write_bytes(ckpt.read_bytes()[:3000])
+    else:  # a sound checkpoint of a different model
+        other = torch.nn.Linear(3, 2)
+        torch.save({"epochs_done": 1, "model": other.state_dict(), "optimizer": {}, "scheduler": {},
+                    "history": [0.5]}, ckpt)
+    torch.manual_seed(0)
+    model = tiny_student()
+    history = fit(model, small_data, ce_loss(), settings, seed=3, progress=False, checkpoint=str(ckpt))
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt} is damaged" in err and "starts again from its first step" in err
+    assert history == want
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
