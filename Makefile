@@ -38,11 +38,14 @@ check: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# Re-execute every notebook with the default (not KD_FAST) parameters and store the outputs.
+# Re-execute notebooks with the default (not KD_FAST) parameters and store the outputs: every
+# notebook and solution notebook, or only those numbered NB (make notebooks NB=05, NB="05 09").
+NB ?= [0-9][0-9]
 notebooks: setup
-	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
+	cd notebooks && for n in $(NB); do for nb in $${n}_*.ipynb solutions/$${n}_solutions.ipynb; do \
+		[ -f "$$nb" ] || continue; echo "executing $$nb"; \
 		env -u KD_FAST $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
+			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done; done
 
 # Slide decks (slides/*.md) → slides/build/*.html, figures from the committed notebooks' outputs.
 slides: setup

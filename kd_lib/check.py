@@ -11,6 +11,7 @@ import platform
 import sys
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 __all__ = ["CheckResult", "collect_versions", "main", "print_versions", "run_checks"]
 
@@ -49,8 +50,13 @@ def collect_versions() -> dict[str, str]:
     return versions
 
 
-def print_versions() -> None:
+def print_versions(notebook: str | None = None) -> None:
     """Print the versions the notebooks were run with (the first cell of every notebook).
+
+    With ``notebook`` (the notebook's file name, e.g. ``"05_bert_to_distilbert.ipynb"``, found
+    in the working directory or in the course's ``notebooks/``), also print the digest of the
+    ``kd_lib`` code it imports (:mod:`kd_lib.course.provenance`), so a test can tell when its
+    stored outputs came from code that has changed since.
 
     Course infrastructure (every notebook's first cells), not taught in a notebook.
     """
@@ -60,6 +66,23 @@ def print_versions() -> None:
         print(f"{name:<13} {version}")
     print(f"{'device':<13} {'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
     print(f"{'threads':<13} {torch.get_num_threads()}")
+    if notebook is not None:
+        from kd_lib.course.provenance import DIGEST_LABEL, notebook_digest
+
+        path = _find_notebook(notebook)
+        digest, n_modules = notebook_digest(path)
+        print(f"{DIGEST_LABEL:<13} {digest} ({n_modules} modules)")
+
+
+def _find_notebook(name: str) -> Path:
+    """``name`` in the working directory, else in the course's notebooks (or their solutions)."""
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for candidate in (Path(name), root / name, root / "solutions" / name):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(
+        f"notebook={name!r}: no such notebook in {Path.cwd()} or {root}; pass the notebook's own file name"
+    )
 
 
 def run_checks() -> list[CheckResult]:

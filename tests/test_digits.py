@@ -1,8 +1,10 @@
-"""Tests for kd_lib.course.digits: the data split, the training loop (CE and KD) and offline logits."""
+"""Tests for kd_lib.course.digits: the data split, the MLPs and CNNs, the training loop (CE and KD),
+offline logits and the paired interval."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 
 import pytest
@@ -11,11 +13,16 @@ import torch.nn.functional as F
 
 from kd_lib.course.digits import (
     NUM_CLASSES,
+    ResidualBlock,
     load_digits_split,
     load_tensor,
     mlp,
     mlp_logits,
+    mobilenet_student,
     model_size,
+    multiply_adds,
+    paired_interval,
+    residual_cnn,
     save_tensor,
     stratified_subset,
     train_classifier,
@@ -239,3 +246,162 @@ def test_load_tensor_rejects_foreign_file(tmp_path):
         load_tensor(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="floating-point"):
         save_tensor(tmp_path / "x.safetensors", torch.zeros(2, dtype=torch.int64))
+
+
+# --- image models: a residual CNN teacher and a MobileNet-style student -------------------------
+
+
+def _resnet_params(widths: tuple[int, ...], classes: int = 10) -> int:
+    """Hand count: convs have no bias (BatchNorm follows), every BatchNorm has 2 weights per channel."""
+    total = 9 * widths[0] + 2 * widths[0]  # stem: 3x3 conv 1 -> w0, BN
+    for c_in, c_out in itertools.pairwise(widths):
+        total += 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + 2 * c_out  # two 3x3 convs + BNs
+        if c_in != c_out:
+            total += c_in * c_out + 2 * c_out  # 1x1 projection shortcut + BN
+    return total + widths[-1] * classes + classes  # linear head
+
+
+def _mobilenet_params(widths: tuple[int, ...], classes: int = 10) -> int:
+    total = 9 * widths[0] + 2 * widths[0]  # stem
+    for c_in, c_out in itertools.pairwise(widths):
+        total += 9 * c_in + 2 * c_in + c_in * c_out + 2 * c_out  # depthwise 3x3 + BN, pointwise 1x1 + BN
+    return total + widths[-1] * classes + classes
+
+
+def _mobilenet_macs(widths: tuple[int, ...], classes: int = 10) -> int:
+    side = 8
+    total = 9 * widths[0] * side * side  # stem at 8 x 8
+    for c_in, c_out in itertools.pairwise(widths):
+        if c_in != c_out:
+            side = (side + 1) // 2  # stride 2 in the depthwise conv
+        total += 9 * c_in * side * side + c_in * c_out * side * side
+    return total + widths[-1] * classes
+
+
+@pytest.mark.parametrize("widths", [(16, 16, 32, 32), (8, 16), (4, 4, 4)])
+def test_residual_cnn_shapes_and_parameter_count(widths):
+    model = residual_cnn(widths, num_classes=7)
+    assert model(torch.zeros(5, 64)).shape == (5, 7)  # flattened pixels in, logits out
+    assert model_size(model)[0] == _resnet_params(widths, classes=7)
+    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == len(widths) - 1
+    for block, (c_in, c_out) in zip(blocks, itertools.pairwise(widths), strict=True):
+        projection = c_in != c_out
+        assert isinstance(block.shortcut, torch.nn.Identity) != projection
+        if projection:
+            assert block.shortcut[0].kernel_size == (1, 1) and block.shortcut[0].stride == (2, 2)
+
+
+def test_residual_block_adds_the_shortcut():
+    block = ResidualBlock(3, 3).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(block(x), F.relu(block.body(x) + x))
+        for p in block.body.parameters():
+            p.zero_()  # conv weights and BN scales zero: only the shortcut is left
+        assert torch.equal(block(x), F.relu(x))
+    down = ResidualBlock(3, 6, stride=2)
+    assert down(torch.randn(2, 3, 8, 8)).shape == (2, 6, 4, 4)
+
+
+@pytest.mark.parametrize("widths", [(8, 16, 32), (4, 4), (6, 12, 12)])
+def test_mobilenet_student_is_depthwise_separable(widths):
+    model = mobilenet_student(widths)
+    assert model(torch.zeros(3, 64)).shape == (3, 10)
+    assert model_size(model)[0] == _mobilenet_params(widths)
+    assert multiply_adds(model) == _mobilenet_macs(widths)
+    blocks = [m for m in model.modules() if hasattr(m, "depthwise")]
+    assert len(blocks) == len(widths) - 1
+    for block, (c_in, c_out) in zip(blocks, itertools.pairwise(widths), strict=True):
+        dw, pw = block.depthwise, block.pointwise
+        assert dw.groups == dw.in_channels == dw.out_channels == c_in and dw.kernel_size == (3, 3)
+        assert dw.weight.shape == (c_in, 1, 3, 3)  # one 3x3 filter per channel
+        assert pw.groups == 1 and pw.kernel_size == (1, 1) and (pw.in_channels, pw.out_channels) == (c_in, c_out)
+    # every 3x3 conv after the stem is depthwise: the student has no dense 3x3 conv but the first
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    dense_3x3 = [m for m in convs if m.kernel_size == (3, 3) and m.groups == 1]
+    assert len(dense_3x3) == 1 and dense_3x3[0].in_channels == 1
+
+
+def test_multiply_adds_hand_counts():
+    assert multiply_adds(mlp((64, 32, 10))) == 64 * 32 + 32 * 10
+    # residual CNN (4, 8): stem 9*4 per pixel at 8x8; block 4 -> 8 at 4x4: 3x3 4->8, 3x3 8->8, 1x1 4->8
+    expected = 9 * 4 * 64 + (9 * 4 * 8 + 9 * 8 * 8 + 4 * 8) * 16 + 8 * 10
+    model = residual_cnn((4, 8)).train()
+    assert multiply_adds(model) == expected
+    assert model.training  # the count leaves the mode as it found it
+
+
+def test_teacher_is_much_bigger_than_student():
+    teacher, student = residual_cnn(), mobilenet_student()
+    assert model_size(teacher)[0] > 20 * model_size(student)[0]
+    assert multiply_adds(teacher) > 50 * multiply_adds(student)
+
+
+def test_cnns_are_deterministic_under_a_seed_and_train(split):
+    x_tr, y_tr, _, _ = split
+    rows = stratified_subset(y_tr, per_class=20, seed=0)
+    x, y = x_tr[rows], y_tr[rows]
+    for make in (residual_cnn, mobilenet_student):
+        set_seed(5)
+        a = make((4, 8) if make is residual_cnn else (4, 8, 16))
+        set_seed(5)
+        b = make((4, 8) if make is residual_cnn else (4, 8, 16))
+        assert _same_weights(a, b)
+        before = F.cross_entropy(mlp_logits(a, x), y).item()
+        kwargs = dict(epochs=10, lr=1e-2, batch_size=32, seed=1)  # 70 steps
+        train_classifier(a, x, y, **kwargs)
+        train_classifier(b, x, y, **kwargs)
+        assert _same_weights(a, b)
+        assert all(torch.equal(p, q) for p, q in zip(a.buffers(), b.buffers(), strict=True))  # BN statistics
+        after = F.cross_entropy(mlp_logits(a, x), y).item()
+        assert after < 0.6 * before, (make.__name__, before, after)  # from ln 10 = 2.3 to about 1
+
+
+def test_cnn_kd_and_logits_contract(split):
+    """The CNNs plug into the offline-logits path unchanged: eval-mode logits are per-row."""
+    x_tr, y_tr, _, _ = split
+    set_seed(6)
+    teacher = residual_cnn((4, 8)).train()
+    logits = mlp_logits(teacher, x_tr[:50])
+    assert not teacher.training and logits.shape == (50, 10)
+    assert torch.allclose(mlp_logits(teacher, x_tr[:7]), logits[:7], atol=1e-6)  # no batch dependence
+    set_seed(7)
+    student = mobilenet_student((4, 8))
+    train_classifier(student, x_tr[:50], y_tr[:50], epochs=1, lr=1e-2, batch_size=16, seed=0,
+                     teacher_logits=logits, temperature=4.0, alpha=0.75)
+
+
+@pytest.mark.parametrize("make", [residual_cnn, mobilenet_student])
+@pytest.mark.parametrize("bad", [(16,), (), (8, 0), (8, 2.5), "16", (8, 16, 32, 64)])
+def test_cnns_reject_bad_widths(make, bad):
+    with pytest.raises(ValueError, match=r"widths.*e\.g\. \("):  # names the argument and shows a good value
+        make(bad)
+
+
+def test_cnns_reject_bad_num_classes_and_input():
+    with pytest.raises(ValueError, match="num_classes"):
+        residual_cnn(num_classes=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        mobilenet_student(num_classes=True)
+    with pytest.raises(RuntimeError):  # not 64 pixels per row: the reshape to 1 x 8 x 8 fails loudly
+        mobilenet_student()(torch.zeros(2, 63))
+
+
+def test_paired_interval_matches_scipy():
+    from scipy.stats import ttest_rel
+
+    a = [0.95, 0.93, 0.96, 0.94, 0.97]
+    b = [0.92, 0.93, 0.94, 0.90, 0.95]
+    mean, low, high = paired_interval(a, b)
+    ci = ttest_rel(a, b).confidence_interval(0.95)
+    assert mean == pytest.approx(sum(a) / 5 - sum(b) / 5)
+    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    narrow = paired_interval(a, b, confidence=0.5)
+    assert low < narrow[1] < narrow[2] < high
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired_interval(a, b[:4])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_interval([0.9], [0.8])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_interval(a, b, confidence=95)

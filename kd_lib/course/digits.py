@@ -1,12 +1,14 @@
 """Notebook 03's demo: knowledge distillation on scikit-learn's handwritten digits -- data, tiny
-MLPs, one training loop.
+MLPs and tiny CNNs, one training loop.
 
 The digits set (``sklearn.datasets.load_digits``) ships with scikit-learn, so everything here
 runs offline in seconds: 1797 grey-scale images of 8 x 8 pixels, 10 classes (the digits 0-9),
 pixel values 0-16.
 
 Shapes used in the docstrings: ``N`` examples, ``D = 64`` features (the flattened pixels),
-``C = 10`` classes.
+``C = 10`` classes. Every model here takes the flattened ``[N, 64]`` pixels -- the CNNs
+(:func:`residual_cnn`, :func:`mobilenet_student`) reshape them to ``[N, 1, 8, 8]`` images
+inside -- so :func:`train_classifier`, :func:`mlp_logits` and the saved logits serve them all.
 
 Accuracy is measured with the library's :func:`kd_lib.evaluate.accuracy`.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import statistics
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,19 +31,26 @@ from kd_lib.losses import check_alpha, check_temperature, distillation_loss
 from kd_lib.utils import atomic_write_bytes
 
 __all__ = [
+    "IMAGE_SIZE",
     "NUM_CLASSES",
     "NUM_FEATURES",
+    "ResidualBlock",
     "load_digits_split",
     "load_tensor",
     "mlp",
     "mlp_logits",
+    "mobilenet_student",
     "model_size",
+    "multiply_adds",
+    "paired_interval",
+    "residual_cnn",
     "save_tensor",
     "stratified_subset",
     "train_classifier",
 ]
 
 NUM_FEATURES = 64  # 8 x 8 pixels
+IMAGE_SIZE = 8  # the images are IMAGE_SIZE x IMAGE_SIZE, one grey channel
 NUM_CLASSES = 10
 _TENSOR_KEY = "logits"  # the name of the one tensor in a file of save_tensor
 
@@ -140,6 +151,224 @@ def mlp(sizes: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def _check_widths(widths: Sequence[int], name: str, example: str) -> list[int]:
+    widths = list(widths) if isinstance(widths, (list, tuple)) else widths
+    if (
+        not isinstance(widths, list)
+        or len(widths) < 2
+        or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)
+    ):
+        raise ValueError(
+            f"{name} must be a list or tuple of at least two positive integers, e.g. {example}; got {widths!r}"
+        )
+    changes = sum(a != b for a, b in itertools.pairwise(widths))
+    if changes > 2:
+        raise ValueError(
+            f"{name} changes width {changes} times, but each change halves the 8 x 8 image and more than "
+            f"two would shrink it below 2 x 2; use at most two changes, e.g. {example}; got {widths!r}"
+        )
+    return widths
+
+
+def _conv_bn_relu(c_in: int, c_out: int, *, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    # bias=False: the BatchNorm right after has its own shift, so a conv bias would be redundant
+    return [
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    ]
+
+
+class ResidualBlock(nn.Module):
+    """A basic ResNet block: ``relu(bn(conv3x3(relu(bn(conv3x3(x))))) + shortcut(x))``.
+
+    The shortcut is the identity when the block keeps the shape, and a strided 1 x 1 conv plus
+    BatchNorm ("projection") when it changes the number of channels or the resolution, so that
+    the two branches can be added.
+
+    Args:
+        c_in: input channels.
+        c_out: output channels.
+        stride: 1 keeps ``H x W``; 2 halves it (in the first conv and the shortcut).
+
+    Shapes: ``[N, c_in, H, W]`` -> ``[N, c_out, H / stride, W / stride]`` (rounded up).
+
+    Taught in notebook 03, section 10 (The same recipe on images: a residual CNN teacher, a MobileNet-style student).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn_relu(c_in, c_out, kernel=3, stride=stride),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        if c_in == c_out and stride == 1:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+def _image_model(stem_width: int, blocks: list[nn.Module], last_width: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Unflatten(1, (1, IMAGE_SIZE, IMAGE_SIZE)),  # [N, 64] -> [N, 1, 8, 8]
+        *_conv_bn_relu(1, stem_width, kernel=3),  # the stem
+        *blocks,
+        nn.AdaptiveAvgPool2d(1),  # global average pooling: [N, c, h, w] -> [N, c, 1, 1]
+        nn.Flatten(),
+        nn.Linear(last_width, num_classes),
+    )
+
+
+def residual_cnn(widths: Sequence[int] = (16, 16, 32, 32), num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """A small ResNet-style CNN for the 8 x 8 digits (notebook 03's image teacher).
+
+    Layout: a stem (3 x 3 conv ``1 -> widths[0]``, BatchNorm, ReLU), then one
+    :class:`ResidualBlock` ``widths[i-1] -> widths[i]`` per further entry -- with stride 2 (and
+    a 1 x 1 projection shortcut) where the width changes, an identity shortcut where it does
+    not -- then global average pooling and a linear head. The default ``(16, 16, 32, 32)`` has
+    three blocks: 16 -> 16 at 8 x 8, 16 -> 32 down to 4 x 4, 32 -> 32 at 4 x 4.
+
+    Args:
+        widths: channels of the stem and of each block's output; at least two entries (one
+            block), at most two width changes (8 x 8 -> 4 x 4 -> 2 x 2).
+        num_classes: outputs of the head.
+
+    Returns:
+        ``nn.Sequential`` mapping flattened pixels ``[N, 64]`` (reshaped inside to
+        ``[N, 1, 8, 8]``) to logits ``[N, num_classes]``. It has BatchNorm, so call ``eval()``
+        before inference (:func:`train_classifier` and :func:`mlp_logits` do); seed
+        (``kd_lib.utils.set_seed``) before calling it for a reproducible init.
+
+    Taught in notebook 03, section 10 (The same recipe on images: a residual CNN teacher, a MobileNet-style student).
+    """
+    widths = _check_widths(widths, "widths", "(16, 16, 32, 32)")
+    _check_positive_int(num_classes, "num_classes")
+    blocks = [ResidualBlock(a, b, stride=1 if a == b else 2) for a, b in itertools.pairwise(widths)]
+    return _image_model(widths[0], blocks, widths[-1], num_classes)
+
+
+def mobilenet_student(widths: Sequence[int] = (8, 16, 32), num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """A small MobileNet-style CNN built from depthwise-separable convolutions (notebook 03's
+    image student).
+
+    Layout: a stem (an ordinary 3 x 3 conv ``1 -> widths[0]``, BatchNorm, ReLU, as in MobileNet's
+    first layer), then one depthwise-separable block ``widths[i-1] -> widths[i]`` per further
+    entry, then global average pooling and a linear head. A depthwise-separable block is
+
+    * a **depthwise** 3 x 3 conv with ``groups = channels``: each channel is filtered on its own
+      (``9 c`` weights instead of ``9 c^2``), with stride 2 where the width changes;
+    * a **pointwise** 1 x 1 conv ``c_in -> c_out`` that mixes the channels;
+
+    each followed by BatchNorm and ReLU. The two convs are named ``depthwise`` and
+    ``pointwise`` inside each block.
+
+    Args:
+        widths: channels of the stem and of each block's output; at least two entries, at most
+            two width changes (8 x 8 -> 4 x 4 -> 2 x 2).
+        num_classes: outputs of the head.
+
+    Returns:
+        ``nn.Sequential`` mapping flattened pixels ``[N, 64]`` (reshaped inside to
+        ``[N, 1, 8, 8]``) to logits ``[N, num_classes]``; BatchNorm, so ``eval()`` before
+        inference; seed before calling it for a reproducible init.
+
+    Taught in notebook 03, section 10 (The same recipe on images: a residual CNN teacher, a MobileNet-style student).
+    """
+    widths = _check_widths(widths, "widths", "(8, 16, 32)")
+    _check_positive_int(num_classes, "num_classes")
+    blocks: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        dw_conv, dw_bn, dw_relu = _conv_bn_relu(a, a, kernel=3, stride=1 if a == b else 2, groups=a)
+        pw_conv, pw_bn, pw_relu = _conv_bn_relu(a, b, kernel=1)
+        layers = OrderedDict(
+            depthwise=dw_conv, depthwise_bn=dw_bn, depthwise_relu=dw_relu,
+            pointwise=pw_conv, pointwise_bn=pw_bn, pointwise_relu=pw_relu,
+        )  # fmt: skip
+        blocks.append(nn.Sequential(layers))
+    return _image_model(widths[0], blocks, widths[-1], num_classes)
+
+
+def multiply_adds(model: nn.Module, num_features: int = NUM_FEATURES) -> int:
+    """Multiply-adds (MACs) of one forward pass for **one** input image, counted in the
+    ``nn.Conv2d`` and ``nn.Linear`` layers.
+
+    A conv producing ``c_out x h x w`` outputs with a ``k x k`` kernel and ``groups`` groups does
+    ``c_out * h * w * (c_in / groups) * k * k`` multiply-adds; a linear layer ``in -> out`` does
+    ``in * out``. BatchNorm, ReLU, pooling and the residual additions (a few operations per
+    activation) are left out: they are small next to the convolutions. One MAC is two FLOPs.
+
+    Args:
+        model: maps ``[1, num_features]`` to logits (any model of this module).
+        num_features: length of the flattened input, 64 for the digits.
+
+    Returns:
+        The count, an int.
+
+    Taught in notebook 03, section 10 (The same recipe on images: a residual CNN teacher, a MobileNet-style student).
+    """
+    _check_positive_int(num_features, "num_features")
+    total = 0
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = math.prod(module.kernel_size)
+            total += output[0].numel() * (module.in_channels // module.groups) * k
+        else:
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, num_features))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return total
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean paired difference ``a[i] - b[i]`` over seeds and its Student-t confidence interval.
+
+    ``a[i]`` and ``b[i]`` must come from the same seed (same initial weights, same mini-batches),
+    so that the luck of the seed cancels in the difference. With ``n`` pairs the interval is
+    ``mean +- t_{(1 + confidence) / 2, n - 1} * stdev / sqrt(n)``, the t-interval of
+    ``scipy.stats.ttest_rel``; it assumes the differences are roughly normal and independent
+    across seeds. An interval that contains 0 means "no difference detectable with these seeds".
+
+    Args:
+        a, b: one number per seed each (e.g. test accuracies), same length ``n >= 2``, same
+            seed order.
+        confidence: coverage of the interval, in (0, 1).
+
+    Returns:
+        ``(mean, low, high)`` of the differences, in the units of ``a`` and ``b``.
+
+    Taught in notebook 03, section 10 (The same recipe on images: a residual CNN teacher, a MobileNet-style student).
+    """
+    from scipy.stats import t as student_t
+
+    a, b = list(a), list(b)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(
+            f"a and b need one value per seed, the same number (at least 2, to estimate the spread); "
+            f"got {len(a)} and {len(b)}"
+        )
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a probability in (0, 1), e.g. 0.95; got {confidence!r}")
+    diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    mean = statistics.fmean(diffs)
+    half = float(student_t.ppf((1 + confidence) / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -260,8 +489,10 @@ def train_classifier(
 def mlp_logits(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     """Logits ``[N, C]`` for ``X`` ``[N, D]``, with the model in ``eval()`` mode and no autograd.
 
-    ``eval()`` switches dropout off, so the result is deterministic; the model is left in
-    ``eval()`` mode.
+    Works for every model of this module -- the MLPs and the CNNs (:func:`residual_cnn`,
+    :func:`mobilenet_student`), which reshape ``X`` themselves. ``eval()`` switches dropout off
+    and makes BatchNorm use its running statistics, so the result is deterministic and each
+    row depends only on its own image; the model is left in ``eval()`` mode.
 
     Taught in notebook 03, section 2 (The teacher).
     """

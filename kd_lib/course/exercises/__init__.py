@@ -52,7 +52,7 @@ _WHERE: dict[str, str] = {
         ],
         "nb02",
     ),
-    **dict.fromkeys(["check_distillation_loss", "check_validation_split"], "nb03"),
+    **dict.fromkeys(["check_distillation_loss", "check_fixed_snippet", "check_validation_split"], "nb03"),
     **dict.fromkeys(
         [
             "check_bert_base_counts",

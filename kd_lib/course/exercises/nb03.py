@@ -1,6 +1,6 @@
 """Checks for the exercises of notebook 03 · Your first distillation.
 
-:func:`check_distillation_loss`, :func:`check_validation_split`.
+:func:`check_distillation_loss`, :func:`check_validation_split`, :func:`check_fixed_snippet`.
 
 Import them from :mod:`kd_lib.course.exercises`; :class:`~kd_lib.course.exercises.verdict.Verdict`
 and the machinery the checks share are in :mod:`kd_lib.course.exercises.verdict`.
@@ -8,13 +8,16 @@ and the machinery the checks share are in :mod:`kd_lib.course.exercises.verdict`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kd_lib.course.exercises.verdict import (
+    Failed,
     Verdict,
     call,
     checked,
@@ -22,6 +25,7 @@ from kd_lib.course.exercises.verdict import (
     diagnose,
     generator,
     ok,
+    own_rng,
     require_callable,
     require_int,
     to_tensor,
@@ -29,7 +33,7 @@ from kd_lib.course.exercises.verdict import (
 )
 from kd_lib.losses import distillation_loss, kd_loss
 
-__all__ = ["check_distillation_loss", "check_validation_split"]
+__all__ = ["check_distillation_loss", "check_fixed_snippet", "check_validation_split"]
 
 
 @checked
@@ -122,3 +126,100 @@ def check_validation_split(
         return wrong(name, f"not stratified: a class has {worst:.1f} validation rows more or fewer than its share; "
                            "pass stratify=labels to train_test_split, so every class keeps its proportion")
     return ok(name, f"{len(fit)} + {len(val)} rows, disjoint, covering the training set, every class in proportion")
+
+
+def _snippet_models() -> tuple[nn.Module, nn.Module]:
+    """A tiny teacher (with dropout, so train mode shows) and student: 8 features -> 3 classes."""
+    with own_rng():
+        torch.manual_seed(0)
+        teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).double()
+        student = nn.Linear(8, 3).double()
+    return teacher, student
+
+
+def _check_optimizer(name: str, make_optimizer: Callable[[nn.Module], Any], student: nn.Module) -> None:
+    opt = call(name, make_optimizer, student)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise Failed(wrong(name, f"make_optimizer returned {type(opt).__name__}, not a torch.optim optimizer"))
+    given = {id(p) for group in opt.param_groups for p in group["params"]}
+    if given != {id(p) for p in student.parameters()}:
+        raise Failed(wrong(name, "the optimizer does not hold exactly the student's parameters: build it on the "
+                                 "student *instance* (student.parameters()), not on its class or on the teacher"))
+
+
+@checked
+def check_fixed_snippet(
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    train_step: Callable[..., Any],
+) -> Verdict:
+    """Exercise 03.6: the repaired distillation snippet -- an optimizer and one training step.
+
+    Runs your code on a tiny teacher (with dropout) and student (8 features -> 3 classes), float64, and
+    compares the returned loss and the student's new weights with ``distillation_loss`` and a plain SGD
+    step computed here; watches the teacher's mode and autograd state while your step calls it.
+
+    Args:
+        make_optimizer: ``student -> torch.optim.Optimizer`` over exactly ``student.parameters()``.
+        train_step: ``(teacher, student, optimizer, x [B, 8], y [B], T, alpha) -> loss`` (tensor or float):
+            one step of ``alpha · T² · KL + (1 - alpha) · CE`` that updates the student only.
+    """
+    name = "check_fixed_snippet"
+    require_callable(make_optimizer, "make_optimizer", "student -> torch.optim optimizer")
+    require_callable(train_step, "train_step", "(teacher, student, optimizer, x, y, T, alpha) -> loss")
+    teacher, student = _snippet_models()
+    _check_optimizer(name, make_optimizer, student)
+    teacher.train()  # as a model comes back from its own training; the step must switch it to eval()
+    seen: list[tuple[bool, bool]] = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    student_calls: list[int] = []
+    student.register_forward_hook(lambda m, i, o: student_calls.append(1))
+    g = generator(3)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    for step, (temperature, alpha) in enumerate(((4.0, 0.7), (2.0, 0.5))):
+        x, y = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+        reference = copy.deepcopy(student)
+        with torch.no_grad():
+            t_logits = copy.deepcopy(teacher).eval()(x)
+        s_logits = reference(x)  # reference is a deep copy: it carries the hook, hence the clear() below
+        expected = distillation_loss(s_logits, t_logits, y, temperature, alpha)
+        expected.backward()
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+        seen.clear()
+        student_calls.clear()
+        got = to_tensor(name, call(name, train_step, teacher, student, optimizer, x, y, temperature, alpha),
+                        "the returned loss", ())
+        verdict = _snippet_verdict(name, seen, student_calls, teacher, teacher_before, got, expected,
+                                   s_logits.detach(), t_logits, y, temperature, alpha)
+        if verdict is not None:
+            return verdict
+        for p, r in zip(student.parameters(), reference.parameters(), strict=True):
+            if not close(p.detach(), (r - 0.1 * r.grad).detach(), 1e-6, 1e-9):
+                hint = ("forgot optimizer.zero_grad(): the second step added the first step's gradient"
+                        if step else "the student's weights are not one optimizer step along the loss's gradient: "
+                                     "call loss.backward() then optimizer.step()")
+                return wrong(name, hint)
+    return ok(name, "optimizer on the student instance; teacher in eval() under no_grad and unchanged; student "
+                    "called; loss = distillation_loss(student, teacher, …); one step per call, gradients zeroed")
+
+
+def _snippet_verdict(
+    name: str, seen: list, student_calls: list, teacher: nn.Module, teacher_before: dict,
+    got: torch.Tensor, expected: torch.Tensor, s_logits: torch.Tensor, t_logits: torch.Tensor,
+    y: torch.Tensor, temperature: float, alpha: float,
+) -> Verdict | None:
+    """The ✗ for the first thing ``train_step`` did wrong in one call, or None."""
+    if not seen:
+        return wrong(name, "the teacher was never called: its logits are the soft targets")
+    if any(training for training, _ in seen):
+        return wrong(name, "the teacher ran in train mode (dropout on): call teacher.eval() before using it")
+    if any(grad for _, grad in seen):
+        return wrong(name, "the teacher ran with autograd on: wrap its forward pass in torch.no_grad()")
+    if any(not torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items()):
+        return wrong(name, "the teacher's weights changed: only the student's parameters belong to the optimizer")
+    if not student_calls:
+        return wrong(name, "the student is never called: the loss must compare student(x) with teacher(x)")
+    return diagnose(name, got, expected.detach(), [
+        ("student and teacher logits are swapped: distillation_loss(student_logits, teacher_logits, labels, T, alpha)",
+         distillation_loss(t_logits, s_logits, y, temperature, alpha)),
+        ("the loss compares the teacher with itself", distillation_loss(t_logits, t_logits, y, temperature, alpha)),
+    ])
