@@ -61,13 +61,7 @@ def test_a_claim_is_supported_only_by_a_matching_printed_number(tmp_path, markdo
     assert [c.text for c in unsupported_claims(path, [path], root=tmp_path)] == unsupported
 
 
-# notebooks 07, 08 and 10 await re-execution on the final code (issue 13): new cells print their numbers
-AWAITING = {"07_evaluate_and_compress.ipynb", "08_semantic_search_distillation.ipynb",
-            "10_many_teachers_many_tasks.ipynb"}
-_mark = pytest.mark.xfail(strict=True, reason="notebook not yet re-executed on the final code (issue 13)")
-
-
-SOURCES = [pytest.param(p, marks=_mark) if p.name in AWAITING else p for p in course_sources()]
+SOURCES = list(course_sources())
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)

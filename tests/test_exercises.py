@@ -633,14 +633,7 @@ def test_every_course_notebook_has_a_solution_notebook():
     assert [p.name for p in SOLUTIONS] == [f"{p.name[:2]}_solutions.ipynb" for p in COURSE]
 
 
-# issue 13: solutions of notebook 10 not yet re-executed on the final code (make notebooks NB=10)
-_AWAITING = pytest.mark.xfail(strict=True, reason="not yet re-executed on the final code (issue 13)")
-
-
-_SOLUTIONS = [pytest.param(p, marks=_AWAITING) if p.stem == "10_solutions" else p for p in SOLUTIONS]
-
-
-@pytest.mark.parametrize("path", _SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_notebook_is_titled_executed_in_order_and_clean(path):
     cells = _cells(path)
     course = next(p for p in COURSE if p.name[:2] == path.name[:2])

@@ -19,20 +19,6 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((NOTEBOOKS_DIR / "solutions").glob("[0-9][0-9]_solutions.ipynb"))
 EXPECTED = ["01_softmax_and_temperature", "02_distillation_losses", "03_first_distillation"]
-# Issue 13 (open): these notebooks' code and prose were corrected but they have not yet been
-# re-executed with their defaults on the final code, so their stored outputs are stale. The tests
-# that say so are expected to fail for them (strict: an unexpected pass fails, so re-execute them
-# with `make notebooks NB="07 08 09 10 11"`, then empty this set).
-AWAITING_REEXECUTION = {"07_evaluate_and_compress", "08_semantic_search_distillation", "09_language_model_distillation",
-                        "10_many_teachers_many_tasks", "10_solutions", "11_scaling_up"}
-
-
-def awaiting(paths, stems=AWAITING_REEXECUTION):
-    """``paths`` as pytest params, the notebooks awaiting re-execution marked as expected failures."""
-    mark = pytest.mark.xfail(strict=True, reason="not yet re-executed on the final code (issue 13)")
-    return [pytest.param(p, marks=mark) if p.stem in stems else p for p in paths]
-
-
 def _cells(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"]
 
@@ -49,8 +35,7 @@ def test_course_notebooks_exist():
     assert [p.stem for p in NOTEBOOKS][: len(EXPECTED)] == EXPECTED
 
 
-@pytest.mark.parametrize("path", awaiting(NOTEBOOKS, {"07_evaluate_and_compress", "08_semantic_search_distillation"}),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_code_cell_was_executed_in_order(path):
     counts = [c["execution_count"] for c in _code(path)]
     assert None not in counts, f"{path.name}: cells without stored outputs (never executed)"
@@ -89,13 +74,11 @@ def test_notebook_size_is_reasonable(path):
     assert path.stat().st_size < 2_000_000
 
 
-@pytest.mark.parametrize("group", [pytest.param("awaiting", marks=pytest.mark.xfail(strict=True, reason="issue 13")),
-                                   "all others"])
-def test_stored_outputs_come_from_the_current_kd_lib_code(group):
+def test_stored_outputs_come_from_the_current_kd_lib_code():
     """Each notebook's versions cell printed the digest of the kd_lib code it imports; it must
     still match, or the stored outputs were produced by code that has changed since."""
     stale = []
-    for path in [p for p in NOTEBOOKS + SOLUTIONS if (p.stem in AWAITING_REEXECUTION) == (group == "awaiting")]:
+    for path in NOTEBOOKS + SOLUTIONS:
         stored, (current, _) = stored_digest(path), notebook_digest(path)
         if stored != current:
             stale.append(f"{path.relative_to(NOTEBOOKS_DIR)} (stored {stored}, current code {current})")
