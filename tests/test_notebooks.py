@@ -19,6 +19,8 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((NOTEBOOKS_DIR / "solutions").glob("[0-9][0-9]_solutions.ipynb"))
 EXPECTED = ["01_softmax_and_temperature", "02_distillation_losses", "03_first_distillation"]
+
+
 def _cells(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"]
 
