@@ -84,7 +84,7 @@ def main(argv=None) -> None:
         search(Path(args.output), args.seeds, [Path(d) for d in args.main_job_runs])
 
 
-def _main_job_student(folder: Path, dev) -> tuple[int, float]:
+def main_job_student(folder: Path, dev) -> tuple[int, float]:
     """``(seed, dev accuracy)`` of the KD student a default main-job run saved in ``folder``."""
     from transformers import DistilBertForSequenceClassification
 
@@ -123,7 +123,7 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> None:
     teacher_dev = evaluate_accuracy(teacher, dev)
     print(f"teacher on dev ({len(dev)} sentences): {teacher_dev:.4f}", flush=True)
     for folder in main_job_runs:  # the incumbent's runs, trained by the main job itself
-        seed, acc = _main_job_student(folder, dev)
+        seed, acc = main_job_student(folder, dev)
         known = done.get(_key(INCUMBENT, seed))
         if known is not None and known["dev_accuracy"] != acc:
             raise SystemExit(f"{folder}: dev {acc:.4f}, but the search trained {known['dev_accuracy']:.4f} "
