@@ -13,10 +13,10 @@ at the end. ``dev`` is disjoint from every training subset the course draws with
 
 SST-2's training file mixes whole sentences with the phrases parsed out of them, while its
 validation split has whole sentences only; ``dev`` keeps reserve rows of at least
-``DEV_MIN_WORDS`` words so that it looks like validation. Those sentences' own phrases may still
-sit in a training subset (the treebank parsed every training sentence into phrases): dev is a
-little easier than validation, which is fine for ranking choices, not for reporting results.
-``python -m kd_lib.splits`` prints the sizes, lengths and that overlap.
+``DEV_MIN_WORDS`` words so that it looks like validation. The treebank parsed every training
+sentence into phrases that sit elsewhere in the training file, so dev also drops the sentences
+that share a phrase of ``PHRASE_WORDS`` or more words with the default training subset (they would
+be partly seen). ``python -m kd_lib.splits`` prints the sizes, lengths and the (zero) overlap.
 
 The main job's ``full`` preset trains on every training row, dev included: the choices are made
 by then, and the final model gets all the data.
