@@ -138,12 +138,33 @@ def run_checks() -> list[CheckResult]:
     from kd_lib.data import DATA_FILES, DataFileError, data_dir, verify_data_file
 
     root = data_dir()
+    bad: set[str] = set()
     for relpath in DATA_FILES:
         try:
             verify_data_file(relpath, root)
             results.append(CheckResult("ok", f"data {relpath}", "present, sha256 matches"))
         except DataFileError as exc:
+            bad.add(relpath)
             results.append(CheckResult("fail", f"data {relpath}", "missing or altered", str(exc)))
+    results += _dev_split_checks(bad)
+    return results
+
+
+def _dev_split_checks(bad_files: set[str]) -> list[CheckResult]:
+    """One result per task: its dev split (``kd_lib.splits``) is the recorded one (a few seconds)."""
+    from kd_lib.splits import DEV_SHA256, dev_split
+
+    results = []
+    for task in DEV_SHA256:
+        name = f"dev split {task}"
+        if any(rel.startswith(f"{task}/") for rel in bad_files):
+            results.append(CheckResult("warn", name, "not checked: the task's data files failed above"))
+            continue
+        try:
+            dev = dev_split(task)
+            results.append(CheckResult("ok", name, f"{len(dev)} rows of the training file, sha256 matches"))
+        except (RuntimeError, OSError, ValueError) as exc:
+            results.append(CheckResult("fail", name, "not the recorded rows", str(exc)))
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,8 @@ def test_check_passes_here(capsys):
     for rel in DATA_FILES:
         assert f"data {rel}" in out
     assert "sha256 matches" in out
+    for task in ("sst2", "ag_news"):
+        assert re.search(rf"\[ok  \] dev split {task} +1000 rows of the training file, sha256 matches", out)
 
 
 @pytest.fixture
@@ -42,7 +45,20 @@ def test_check_reports_altered_and_missing_data(data_copy, capsys):
     out = capsys.readouterr().out
     assert "[FAIL] data sst2/train.tsv" in out and "does not match its recorded sha256" in out
     assert "[FAIL] data ag_news/test.tsv" in out and "is missing" in out
-    assert "fix:" in out and "2 of 20 checks failed" in out
+    assert "fix:" in out and "2 of 22 checks failed" in out
+    for task in ("sst2", "ag_news"):  # a task's data files failed: its dev split is not checked, not a failure
+        assert re.search(rf"\[warn\] dev split {task} +not checked", out)
+
+
+def test_check_reports_a_moved_dev_split(data_copy, monkeypatch, capsys):
+    # another data folder (data_copy): the split is computed afresh, not taken from this process's memory
+    from kd_lib import splits
+
+    monkeypatch.setitem(splits.DEV_SHA256, "ag_news", "0" * 64)
+    assert check.main() == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] dev split ag_news" in out and "is not the recorded one" in out and "fix:" in out
+    assert re.search(r"\[ok  \] dev split sst2 +1000 rows", out)
 
 
 def test_check_reports_tampered_teacher(tmp_path, monkeypatch, capsys):

@@ -128,6 +128,29 @@ def test_digest_follows_imports_anywhere_but_ignores_comments_and_docstrings(tmp
     assert prov.notebook_digest(nb)[0] == changed
 
 
+def test_digest_does_not_follow_the_imports_of_the_versions_cell(tmp_path, monkeypatch):
+    # kd_lib.check (print_versions, in every notebook) imports modules to verify them; those are not
+    # the notebook's code, so changing one of them must not make every notebook stale
+    files = {
+        "__init__.py": "",
+        "check.py": "def print_versions():\n    from kd_lib import splits\n    return splits.x\n",
+        "splits.py": "x = 1\n",
+        "a.py": "y = 1\n",
+    }
+    prov = _package(tmp_path, monkeypatch, files)
+    nb = _notebook(tmp_path, "from kd_lib.check import print_versions\nfrom kd_lib import a")
+    assert prov.imported_modules(nb) == ["kd_lib", "kd_lib.a", "kd_lib.check"]
+    digest, n = prov.notebook_digest(nb)
+    assert n == 2  # kd_lib and kd_lib.a; kd_lib.check is listed, never digested
+    (tmp_path / "kd_lib" / "splits.py").write_text("x = 2\n")
+    assert prov.notebook_digest(nb)[0] == digest
+    # ... but a notebook that imports splits itself does depend on it
+    nb2 = _notebook(tmp_path, "from kd_lib.check import print_versions\nfrom kd_lib import splits")
+    before = prov.notebook_digest(nb2)[0]
+    (tmp_path / "kd_lib" / "splits.py").write_text("x = 3\n")
+    assert prov.notebook_digest(nb2)[0] != before
+
+
 def test_stored_digest_reads_the_versions_cell(tmp_path):
     from kd_lib.course.provenance import stored_digest
 

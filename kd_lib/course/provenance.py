@@ -102,7 +102,9 @@ def _notebook_code(path: Path) -> str:
 def imported_modules(notebook: str | Path) -> list[str]:
     """Every ``kd_lib`` module a notebook imports, directly or through other ``kd_lib`` modules.
 
-    Imports inside functions count (a lazily imported module still runs). Sorted names.
+    Imports inside functions count (a lazily imported module still runs). The modules in
+    ``NOT_DIGESTED`` are listed but not followed: what they import (``kd_lib.check`` imports the
+    data and model modules to verify them) does not produce a notebook's results. Sorted names.
 
 
     Course infrastructure (the notebooks' versions cell), not taught in a notebook.
@@ -112,6 +114,8 @@ def imported_modules(notebook: str | Path) -> list[str]:
     while todo:
         name = todo.pop()
         seen.add(name)
+        if name in NOT_DIGESTED:  # their own imports serve the versions cell and `kd_lib check`, not results
+            continue
         file = _module_file(name)
         found = _imports(ast.parse(file.read_text()), name, file.name == "__init__.py")
         todo |= _with_parents(found) - seen
