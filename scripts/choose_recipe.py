@@ -1,12 +1,23 @@
-"""Choose the main job's default student recipe on SST-2's dev split -- never on validation.
+"""Choose the main job's recipes on the dev split -- never on validation or test.
 
     python scripts/choose_recipe.py [--output runs/recipe_search.json] [--seeds 0 1 2]
+    python scripts/choose_recipe.py --what teacher [--task sst2|ag_news] [--seeds 0 1 2]
 
-The default preset's teacher (cached in $KD_CACHE_DIR, fine-tuned if missing) labels its 8,000
-training sentences once; then the 3-layer student of ``python -m kd_lib distill`` is trained with
-each candidate recipe exactly as the main job trains it, and scored on the dev split
-(``kd_lib.splits.dev_split("sst2")``, 1,000 sentences carved from the training file, disjoint from
-the 8,000). Two rounds:
+``--what student`` (the default): the default preset's teacher (cached in $KD_CACHE_DIR, fine-tuned
+if missing) labels its 8,000 training sentences once; then the 3-layer student of
+``python -m kd_lib distill`` is trained with each candidate recipe exactly as the main job trains
+it, and scored on the dev split (``kd_lib.splits.dev_split("sst2")``, 1,000 sentences carved from
+the training file, disjoint from the 8,000). About 7 min per training run on a 2-core CPU.
+
+``--what teacher``: the teacher's fine-tuning learning rate -- the default preset's SST-2 teacher
+(8,000 sentences, 1 epoch) or, with ``--task ag_news``, notebook 04's AG News teacher (2,000
+articles, 1 epoch) -- each candidate fine-tuned and scored on that task's dev split. The seed varies
+the new classifier head, the batch order and dropout; every seed trains on the *same* training
+subset (drawn with seed 0, the only subsets disjoint from dev). Seed 0 is exactly the cached
+teacher of ``finetuned_teacher`` (same procedure, same seed), so it is taken from the cache; other
+seeds are fine-tuned here and not kept. About 4 min per fine-tune.
+
+Both searches have two rounds:
 
 1. every candidate once, with the first seed;
 2. the incumbent (the preset as it stood) on every seed and, if it was ahead of the incumbent in
@@ -15,11 +26,11 @@ the 8,000). Two rounds:
    interval is above 0. A challenger behind on the first seed is not run again.
 
 Prints both rounds as tables and stores every (recipe, seed) result in ``--output`` as soon as it
-finishes (atomically), so an interrupted search resumes where it stopped. About 7 min per
-training run on a 2-core CPU. ``--main-job-runs`` saves the incumbent's runs: the main job trains
-exactly the incumbent's student (same teacher, logits, initialisation, batches and dropout), so
-its saved KD students are scored on dev instead (a seed the search also trained must agree
-exactly). Validation accuracy is neither computed nor used here.
+finishes (atomically), so an interrupted search resumes where it stopped. ``--main-job-runs``
+(students only) saves the incumbent's runs: the main job trains exactly the incumbent's student
+(same teacher, logits, initialisation, batches and dropout), so its saved KD students are scored
+on dev instead (a seed the search also trained must agree exactly). Validation accuracy is
+neither computed nor used here.
 """
 
 from __future__ import annotations
@@ -27,17 +38,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from kd_lib.cache import cached_logits
 from kd_lib.course.digits import paired_interval
-from kd_lib.data import EncodedDataset, load_task
+from kd_lib.data import TASKS, EncodedDataset, load_task
 from kd_lib.distill import kd_from_cache
+from kd_lib.models import load_teacher
 from kd_lib.pipeline import config_from_preset
 from kd_lib.splits import check_disjoint, dev_split
 from kd_lib.students import choose_student_layers, distilbert_from_bert
-from kd_lib.teacher import finetuned_teacher
-from kd_lib.training import evaluate_accuracy, fit
+from kd_lib.teacher import TeacherRecipe, finetuned_teacher
+from kd_lib.training import ce_loss, evaluate_accuracy, fit
 from kd_lib.utils import atomic_write_bytes, quiet_hf, set_seed
 
 INCUMBENT = "T=2, α=0.5, 2 epochs"
@@ -46,6 +59,10 @@ CANDIDATES: dict[str, dict] = {
     "T=1, α=0.5, 2 epochs": {"temperature": 1.0, "alpha": 0.5, "epochs": 2},
     "T=4, α=0.5, 2 epochs": {"temperature": 4.0, "alpha": 0.5, "epochs": 2},
     "T=2, α=0.9, 2 epochs": {"temperature": 2.0, "alpha": 0.9, "epochs": 2},
+}
+TEACHER_INCUMBENT = "lr 1e-4"
+TEACHER_CANDIDATES: dict[str, dict] = {
+    TEACHER_INCUMBENT: {"lr": 1e-4}, "lr 5e-5": {"lr": 5e-5}, "lr 2e-4": {"lr": 2e-4},
 }
 
 
@@ -66,6 +83,31 @@ def _train_and_score(name: str, seed: int, teacher, train, dev, logits) -> dict:
     return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": time.perf_counter() - start}
 
 
+def incumbent_teacher_recipe(task: str) -> TeacherRecipe:
+    """The teacher recipe as it stands: the default preset's (SST-2) or notebook 04's (AG News)."""
+    if task == "sst2":
+        return config_from_preset("default").teacher_recipe()
+    return TeacherRecipe(task="ag_news", train_limit=2000, epochs=1, lr=1e-4)
+
+
+def fine_tune_and_score(recipe: TeacherRecipe, seed: int, dev_rows) -> dict:
+    """Fine-tune ``recipe``'s teacher on its seed-0 training subset with ``seed`` (head, batches,
+    dropout) and score it on ``dev_rows``; seed ``recipe.seed`` comes from the teacher cache."""
+    start = time.perf_counter()
+    if seed == recipe.seed:
+        model, tokenizer, info = finetuned_teacher(recipe, progress=False)
+        cached = {"from_cache": info["from_cache"], "fine_tune_s": info["wall_s"]}
+    else:  # the steps of kd_lib.teacher's fine-tuning, with the training subset's seed kept
+        set_seed(seed)
+        model, tokenizer = load_teacher(recipe.teacher, num_labels=len(TASKS[recipe.task].label_names))
+        rows = load_task(recipe.task, limit={"train": recipe.train_limit}, seed=recipe.seed)["train"]
+        fit(model, EncodedDataset(rows, tokenizer, recipe.max_length), ce_loss(), recipe.settings(), seed=seed,
+            progress=False, desc=f"lr {recipe.lr:g}, seed {seed}")
+        cached = {"from_cache": False}
+    dev = EncodedDataset(dev_rows, tokenizer, recipe.max_length)
+    return {"dev_accuracy": evaluate_accuracy(model.eval(), dev), "wall_s": time.perf_counter() - start, **cached}
+
+
 def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in rows]
@@ -74,14 +116,27 @@ def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="runs/recipe_search.json")
+    parser.add_argument("--what", choices=["student", "teacher"], default="student")
+    parser.add_argument("--task", choices=sorted(TASKS), default="sst2", help="the teacher's task (--what teacher)")
+    parser.add_argument("--output", help="default: runs/recipe_search.json, runs/teacher_search_<task>.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--main-job-runs", nargs="*", default=[], metavar="DIR",
                         help="output folders of `python -m kd_lib distill --seed S` (default preset): their KD "
                              "students are the incumbent's runs, scored on dev instead of trained again")
     args = parser.parse_args(argv)
+    if args.what == "teacher" and args.main_job_runs:
+        parser.error("--main-job-runs applies to --what student only")
+    if args.what == "student" and args.task != "sst2":
+        parser.error("--task applies to --what teacher only: the main job's student is distilled on sst2")
+    if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds needs at least 2 different seeds for the paired interval; got {args.seeds}")
+    default = "runs/recipe_search.json" if args.what == "student" else f"runs/teacher_search_{args.task}.json"
+    out = Path(args.output or default)
     with quiet_hf():
-        search(Path(args.output), args.seeds, [Path(d) for d in args.main_job_runs])
+        if args.what == "student":
+            search(out, args.seeds, [Path(d) for d in args.main_job_runs])
+        else:
+            search_teacher(out, args.task, args.seeds)
 
 
 def main_job_student(folder: Path, dev) -> tuple[int, float]:
@@ -97,18 +152,59 @@ def main_job_student(folder: Path, dev) -> tuple[int, float]:
     return results["seed"], evaluate_accuracy(student, dev)
 
 
-def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> None:
-    """Both rounds of the search, results stored in ``out`` (see the module docstring)."""
-    done = json.loads(out.read_text()) if out.is_file() else {}
+class Results:
+    """(recipe, seed) -> result, kept in a JSON file written atomically after every new entry."""
 
-    def record(name: str, seed: int, teacher, train, dev, logits) -> dict:
-        if _key(name, seed) not in done:
-            done[_key(name, seed)] = _train_and_score(name, seed, teacher, train, dev, logits)
-            atomic_write_bytes(out, json.dumps(done, indent=1).encode())
-            print(f"  {name}, seed {seed}: dev {done[_key(name, seed)]['dev_accuracy']:.4f} "
-                  f"({done[_key(name, seed)]['wall_s']:.0f} s)", flush=True)
-        return done[_key(name, seed)]
+    def __init__(self, path: Path):
+        self.path = path
+        self.done = json.loads(path.read_text()) if path.is_file() else {}
+        path.parent.mkdir(parents=True, exist_ok=True)
 
+    def get(self, name: str, seed: int, run) -> dict:
+        """The stored result, or ``run()``'s, stored first."""
+        if _key(name, seed) not in self.done:
+            self.put(name, seed, run())
+            print(f"  {name}, seed {seed}: dev {self.done[_key(name, seed)]['dev_accuracy']:.4f} "
+                  f"({self.done[_key(name, seed)]['wall_s']:.0f} s)", flush=True)
+        return self.done[_key(name, seed)]
+
+    def put(self, name: str, seed: int, result: dict) -> None:
+        self.done[_key(name, seed)] = result
+        atomic_write_bytes(self.path, json.dumps(self.done, indent=1).encode())
+
+
+def two_rounds(names: list[str], incumbent: str, seeds: list[int], score, reference: float) -> str:
+    """Round 1 (every name, first seed) and round 2 (see the module docstring); print both and
+    return the chosen name. ``score(name, seed)`` is a dev accuracy; ``reference`` divides it in
+    the tables (the teacher's dev accuracy for students, 1 for teachers)."""
+    first = seeds[0]
+    round1 = {name: score(name, first) for name in names}
+    ratio = "retention" if reference != 1 else None
+    print(f"\nRound 1 (seed {first}), dev accuracy{' and retention (student / teacher on dev)' if ratio else ''}:\n")
+    print(_table([(n, [f"{a:.4f}"] + ([f"{a / reference:.3f}"] if ratio else [])) for n, a in round1.items()],
+                 ["recipe", "dev accuracy"] + ([ratio] if ratio else [])))
+    challenger = max((n for n in names if n != incumbent), key=round1.get)
+    finalists = [incumbent] + ([challenger] if round1[challenger] > round1[incumbent] else [])
+    finals = {n: [score(n, s) for s in seeds] for n in finalists}
+    print(f"\nRound 2 (seeds {', '.join(map(str, seeds))}), dev accuracy:\n")
+    print(_table([(n, [*(f"{a:.4f}" for a in accs)] + ([f"{min(accs) / reference:.3f}"] if ratio else []))
+                  for n, accs in finals.items()],
+                 ["recipe", *(f"seed {s}" for s in seeds)] + (["lowest retention"] if ratio else [])))
+    if challenger not in finals:
+        print(f"\nno challenger was ahead of the incumbent on seed {first} (best: {challenger}, "
+              f"{100 * (round1[challenger] - round1[incumbent]):+.2f} points): chosen: {incumbent}")
+        return incumbent
+    mean, low, high = paired_interval(finals[challenger], finals[incumbent])
+    chosen = challenger if low > 0 else incumbent
+    print(f"\n{challenger} − {incumbent}: {100 * mean:+.2f} points, 95 % interval "
+          f"[{100 * low:+.2f}, {100 * high:+.2f}] over {len(seeds)} seeds")
+    print(f"chosen: {chosen}" + ("" if chosen == challenger else " (the challenger's interval is not above 0)"))
+    return chosen
+
+
+def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> str:
+    """The student search, results stored in ``out`` (see the module docstring); the chosen recipe."""
+    results = Results(out)
     config = config_from_preset("default")
     teacher, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
     teacher.eval()
@@ -116,7 +212,6 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> None:
     check_disjoint(train_rows, "sst2")
     train = EncodedDataset(train_rows, tokenizer, config.max_length)
     dev = EncodedDataset(dev_split("sst2"), tokenizer, config.max_length)
-    out.parent.mkdir(parents=True, exist_ok=True)
     logits, _ = cached_logits(teacher, train, out.parent / "recipe_search_logits.safetensors",
                               {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},
                               batch_size=64, progress=False)
@@ -124,36 +219,37 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> None:
     print(f"teacher on dev ({len(dev)} sentences): {teacher_dev:.4f}", flush=True)
     for folder in main_job_runs:  # the incumbent's runs, trained by the main job itself
         seed, acc = main_job_student(folder, dev)
-        known = done.get(_key(INCUMBENT, seed))
+        known = results.done.get(_key(INCUMBENT, seed))
         if known is not None and known["dev_accuracy"] != acc:
             raise SystemExit(f"{folder}: dev {acc:.4f}, but the search trained {known['dev_accuracy']:.4f} "
                              f"with seed {seed}: the two runs should be identical")
         print(f"  {INCUMBENT}, seed {seed}: dev {acc:.4f} from the main job's student in {folder}"
               + (" (identical to the search's own run)" if known is not None else ""), flush=True)
-        done[_key(INCUMBENT, seed)] = {"dev_accuracy": acc, "from": str(folder), **(known or {})}
-        atomic_write_bytes(out, json.dumps(done, indent=1).encode())
+        results.put(INCUMBENT, seed, {"dev_accuracy": acc, "from": str(folder), **(known or {})})
 
-    first = seeds[0]
-    round1 = {name: record(name, first, teacher, train, dev, logits)["dev_accuracy"] for name in CANDIDATES}
-    print(f"\nRound 1 (seed {first}), dev accuracy and retention (student / teacher on dev):\n")
-    print(_table([(n, [f"{a:.4f}", f"{a / teacher_dev:.3f}"]) for n, a in round1.items()],
-                 ["recipe", "dev accuracy", "retention"]))
+    def score(name: str, seed: int) -> float:
+        run = lambda: _train_and_score(name, seed, teacher, train, dev, logits)  # noqa: E731
+        return results.get(name, seed, run)["dev_accuracy"]
 
-    challenger = max((n for n in CANDIDATES if n != INCUMBENT), key=round1.get)
-    finalists = [INCUMBENT] + ([challenger] if round1[challenger] > round1[INCUMBENT] else [])
-    finals = {n: [record(n, s, teacher, train, dev, logits)["dev_accuracy"] for s in seeds] for n in finalists}
-    print(f"\nRound 2 (seeds {', '.join(map(str, seeds))}):\n")
-    print(_table([(n, [*(f"{a:.4f}" for a in accs), f"{min(accs) / teacher_dev:.3f}"]) for n, accs in finals.items()],
-                 ["recipe", *(f"seed {s}" for s in seeds), "lowest retention"]))
-    if challenger not in finals:
-        print(f"\nno challenger was ahead of the incumbent on seed {first} (best: {challenger}, "
-              f"{100 * (round1[challenger] - round1[INCUMBENT]):+.2f} points): chosen: {INCUMBENT}")
-        return
-    mean, low, high = paired_interval(finals[challenger], finals[INCUMBENT])
-    chosen = challenger if low > 0 else INCUMBENT
-    print(f"\n{challenger} − {INCUMBENT}: {100 * mean:+.2f} points, 95 % interval "
-          f"[{100 * low:+.2f}, {100 * high:+.2f}] over {len(seeds)} seeds")
-    print(f"chosen: {chosen}" + ("" if chosen == challenger else " (the challenger's interval is not above 0)"))
+    return two_rounds(list(CANDIDATES), INCUMBENT, seeds, score, teacher_dev)
+
+
+def search_teacher(out: Path, task: str, seeds: list[int]) -> str:
+    """The teacher search for ``task``, results stored in ``out`` (see the module docstring)."""
+    results = Results(out)
+    incumbent = incumbent_teacher_recipe(task)
+    if seeds[0] != incumbent.seed:
+        raise SystemExit(f"the first seed must be the incumbent's ({incumbent.seed}): round 1 is the cached teachers")
+    check_disjoint(load_task(task, limit={"train": incumbent.train_limit}, seed=incumbent.seed)["train"], task)
+    dev_rows = dev_split(task)
+    print(f"{task} teacher: {incumbent}; dev {len(dev_rows)} rows", flush=True)
+
+    def score(name: str, seed: int) -> float:
+        recipe = replace(incumbent, **TEACHER_CANDIDATES[name])
+        return results.get(name, seed, lambda: fine_tune_and_score(recipe, seed, dev_rows))["dev_accuracy"]
+
+    return two_rounds(list(TEACHER_CANDIDATES), TEACHER_INCUMBENT, seeds, score, 1.0)
+
 
 if __name__ == "__main__":
     main()

@@ -47,3 +47,51 @@ def test_the_incumbent_is_a_candidate_and_the_preset(script):
     assert (preset.temperature, preset.alpha, preset.epochs) == (
         incumbent["temperature"], incumbent["alpha"], incumbent["epochs"])
     assert len(script.CANDIDATES) >= 3 and all(0 < c["alpha"] <= 1 for c in script.CANDIDATES.values())
+
+
+def test_the_teacher_incumbent_is_the_preset_and_notebook_04s(script):
+    from kd_lib.pipeline import config_from_preset
+
+    assert script.incumbent_teacher_recipe("sst2") == config_from_preset("default").teacher_recipe()
+    ag = script.incumbent_teacher_recipe("ag_news")
+    assert (ag.task, ag.train_limit, ag.epochs, ag.seed) == ("ag_news", 2000, 1, 0)
+    for task in ("sst2", "ag_news"):
+        assert script.TEACHER_CANDIDATES[script.TEACHER_INCUMBENT]["lr"] == script.incumbent_teacher_recipe(task).lr
+
+
+def _decide(script, table: dict[str, list[float]], capsys) -> tuple[str, list[tuple[str, int]], str]:
+    calls = []
+
+    def score(name, seed):
+        calls.append((name, seed))
+        return table[name][seed]
+
+    chosen = script.two_rounds(list(table), "inc", [0, 1, 2], score, 1.0)
+    return chosen, calls, capsys.readouterr().out
+
+
+def test_a_challenger_behind_on_the_first_seed_is_not_run_again(script, capsys):
+    table = {"inc": [0.80, 0.8, 0.8], "a": [0.79, 0.9, 0.9], "b": [0.70, 0.9, 0.9]}
+    chosen, calls, out = _decide(script, table, capsys)
+    assert chosen == "inc" and ("a", 1) not in calls and ("inc", 2) in calls
+    assert "no challenger was ahead" in out and "-1.00 points" in out
+
+
+def test_a_challenger_replaces_the_incumbent_only_when_its_interval_is_above_zero(script, capsys):
+    steady = {"inc": [0.80, 0.81, 0.79], "a": [0.82, 0.83, 0.815], "b": [0.5, 0.5, 0.5]}
+    chosen, _, out = _decide(script, steady, capsys)
+    assert chosen == "a" and "chosen: a" in out
+    noisy = {"inc": [0.80, 0.81, 0.79], "a": [0.82, 0.80, 0.80], "b": [0.5, 0.5, 0.5]}
+    chosen, _, out = _decide(script, noisy, capsys)
+    assert chosen == "inc" and "interval is not above 0" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--what", "teacher", "--main-job-runs", "runs/seed0"], "--main-job-runs applies to --what student only"),
+    (["--task", "ag_news"], "--task applies to --what teacher only"),
+    (["--what", "teacher", "--seeds", "0"], "at least 2 different seeds"),
+])
+def test_bad_arguments_are_refused_by_name(script, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        script.main(argv)
+    assert message in capsys.readouterr().err
