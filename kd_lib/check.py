@@ -135,6 +135,8 @@ def run_checks() -> list[CheckResult]:
     except (TeacherIntegrityError, FileNotFoundError) as exc:
         results.append(CheckResult("fail", "teacher", "weights missing or altered", str(exc)))
 
+    results.append(_llm_teacher_check())
+
     from kd_lib.data import DATA_FILES, DataFileError, data_dir, verify_data_file
 
     root = data_dir()
@@ -148,6 +150,25 @@ def run_checks() -> list[CheckResult]:
             results.append(CheckResult("fail", f"data {relpath}", "missing or altered", str(exc)))
     results += _dev_split_checks(bad)
     return results
+
+
+def _llm_teacher_check() -> CheckResult:
+    """The language-model teacher's GGUF file: installed, the recorded sha256 (never de-quantised here)."""
+    from kd_lib.llm_teacher import SMOLLM2_DIST, SMOLLM2_VERSION, verify_smollm2_gguf
+    from kd_lib.models import TeacherIntegrityError
+
+    name = "llm teacher"
+    try:
+        path = verify_smollm2_gguf()
+    except ImportError as exc:
+        fix = str(exc).split(": ", 1)[-1]  # the install command
+        return CheckResult("fail", name, f"{SMOLLM2_DIST}=={SMOLLM2_VERSION} not installed", fix)
+    except (TeacherIntegrityError, FileNotFoundError) as exc:
+        return CheckResult("fail", name, "GGUF file missing or altered", str(exc))
+    if _version("gguf") is None:
+        return CheckResult("fail", name, "package gguf missing (it reads the GGUF file)", "pip install -e .")
+    return CheckResult("ok", name, f"{path.name} ({SMOLLM2_DIST} {SMOLLM2_VERSION}), sha256 matches; "
+                       "de-quantised to float32 on first use")
 
 
 def _dev_split_checks(bad_files: set[str]) -> list[CheckResult]:
