@@ -58,3 +58,26 @@ def tiny_student(seed: int = 0) -> DistilBertForSequenceClassification:
     torch.manual_seed(seed)
     cfg = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, num_labels=2)
     return DistilBertForSequenceClassification(cfg)
+
+
+class TokenBlocks:
+    """Token blocks of unequal length with LMBlocks' interface (``input_ids``, ``loader``)."""
+
+    def __init__(self, vocab_size: int, lengths=(7, 5, 7, 3), seed: int = 1):
+        g = torch.Generator().manual_seed(seed)
+        self.input_ids = [torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in lengths]
+        self.labels = [[*ids[1:], -100] for ids in self.input_ids]
+
+    def collate(self, rows):
+        length = max(len(self.input_ids[r]) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(self.input_ids[r])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(self.input_ids[r]), torch.tensor(self.labels[r]), 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "row": torch.tensor(rows)}
+
+    def loader(self, batch_size):
+        rows = list(range(len(self.input_ids)))
+        return [self.collate(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
