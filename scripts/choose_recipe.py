@@ -173,13 +173,13 @@ class Results:
         atomic_write_bytes(self.path, json.dumps(self.done, indent=1).encode())
 
 
-def two_rounds(names: list[str], incumbent: str, seeds: list[int], score, reference: float) -> str:
+def two_rounds(names: list[str], incumbent: str, seeds: list[int], score, reference: float | None = None) -> str:
     """Round 1 (every name, first seed) and round 2 (see the module docstring); print both and
-    return the chosen name. ``score(name, seed)`` is a dev accuracy; ``reference`` divides it in
-    the tables (the teacher's dev accuracy for students, 1 for teachers)."""
+    return the chosen name. ``score(name, seed)`` is a dev accuracy; with ``reference`` (the
+    teacher's dev accuracy, for students) the tables add the retention, accuracy / reference."""
     first = seeds[0]
     round1 = {name: score(name, first) for name in names}
-    ratio = "retention" if reference != 1 else None
+    ratio = "retention" if reference is not None else None
     print(f"\nRound 1 (seed {first}), dev accuracy{' and retention (student / teacher on dev)' if ratio else ''}:\n")
     print(_table([(n, [f"{a:.4f}"] + ([f"{a / reference:.3f}"] if ratio else [])) for n, a in round1.items()],
                  ["recipe", "dev accuracy"] + ([ratio] if ratio else [])))
@@ -248,7 +248,7 @@ def search_teacher(out: Path, task: str, seeds: list[int]) -> str:
         recipe = replace(incumbent, **TEACHER_CANDIDATES[name])
         return results.get(name, seed, lambda: fine_tune_and_score(recipe, seed, dev_rows))["dev_accuracy"]
 
-    return two_rounds(list(TEACHER_CANDIDATES), TEACHER_INCUMBENT, seeds, score, 1.0)
+    return two_rounds(list(TEACHER_CANDIDATES), TEACHER_INCUMBENT, seeds, score)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def _decide(script, table: dict[str, list[float]], capsys) -> tuple[str, list[tu
         calls.append((name, seed))
         return table[name][seed]
 
-    chosen = script.two_rounds(list(table), "inc", [0, 1, 2], score, 1.0)
+    chosen = script.two_rounds(list(table), "inc", [0, 1, 2], score)
     return chosen, calls, capsys.readouterr().out
 
 
