@@ -87,6 +87,8 @@ def test_the_cache_holds_the_largest_log_probabilities_and_the_rest(setup):
     assert torch.allclose(logp[mask].double(), exact[mask].topk(8, -1).values, rtol=1e-3, atol=0)  # float16
     total = logp[mask].double().exp().sum(-1) + log_rest[mask].double().exp()
     assert torch.allclose(total, torch.ones_like(total), atol=2e-3)
+    kept = cache.kept_mass()[batch["row"], : mask.shape[1]][mask].double()
+    assert torch.allclose(kept, exact[mask].topk(8, -1).values.exp().sum(-1), atol=2e-3)
     assert cache.ids.dtype == torch.int32 and cache.logp.dtype == torch.float16 and cache.k == 8
     short = 3  # the block of 3 tokens is padded to 7 positions: nothing kept there
     assert torch.isinf(cache.logp[3, short:]).all() and torch.isinf(cache.log_rest[3, short:]).all()
