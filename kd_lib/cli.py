@@ -1,5 +1,5 @@
-"""Command line: ``python -m kd_lib check`` and ``python -m kd_lib distill``
-(console scripts ``kd-check`` and ``kd-distill``)."""
+"""Command line: ``python -m kd_lib check``, ``python -m kd_lib distill`` and ``python -m kd_lib distill-lm``
+(console scripts ``kd-check``, ``kd-distill`` and ``kd-distill-lm``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["EXPECTED", "check_main", "distill_main", "issues_url", "main", "report_error"]
+__all__ = ["EXPECTED", "check_main", "distill_lm_main", "distill_main", "issues_url", "main", "report_error"]
 
 
 def _layers(text: str) -> int | tuple[int, ...]:
@@ -62,6 +62,47 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_distill_lm_arguments(p: argparse.ArgumentParser) -> None:
+    from kd_lib.llm_pipeline import IMPORTANCE, LM_PRESETS
+    from kd_lib.llm_topk import MODES
+
+    p.add_argument("--preset", choices=list(LM_PRESETS), default="default",
+                   help="fast (tests, ~1 min), default (meaningful, ~20 min on a 2-core CPU), full (a GPU)")
+    p.add_argument("--teacher", default=None,
+                   help="a decoder LM: local folder or hub name (online, e.g. HuggingFaceTB/SmolLM2-360M-Instruct); "
+                        "default: the packaged SmolLM2-135M-Instruct (Q4_1, de-quantised)")
+    p.add_argument("--keep-layers", type=_layers, default=None,
+                   help="a count (10) or the teacher's layers to keep, from 0 (0,3,6,29); default: the preset's")
+    p.add_argument("--importance", choices=list(IMPORTANCE), default=None,
+                   help="how a count of layers is chosen (default drop_loss: the loss rise when a layer is skipped)")
+    p.add_argument("--topk", type=int, default=None,
+                   help="teacher log-probabilities cached per token (default 32); 0: the live teacher, all tokens")
+    p.add_argument("--mode", choices=list(MODES), default=None,
+                   help="the probability the top-k leave out: renormalize (default) or a residual bucket")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature of the KD term (default 1)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of the KD term in [0, 1] (default 1: soft targets only; 0: cross-entropy only)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="blocks per step (default 4)")
+    p.add_argument("--block-size", type=int, default=None, help="tokens per block (default 128)")
+    p.add_argument("--lr", type=float, default=None, help="the student's learning rate (default 5e-4)")
+    p.add_argument("--seed", type=int, default=None, help="the order of the training blocks (default 0)")
+    p.add_argument("--output-dir", default="runs/distill-lm",
+                   help="where results go; re-running resumes (default %(default)s)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or mps; under torchrun: cpu or cuda")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (CUDA GPUs, A100/H100 class)")
+    precision.add_argument("--fp16", action="store_true", help="float16 mixed precision with loss scaling (CUDA GPUs)")
+    p.add_argument("--grad-accum", type=int, default=None,
+                   help="micro-batches per optimizer step (default 1); --batch-size counts the whole step")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="checkpoint the student every N optimizer steps (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last checkpoint (fails if there is none)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --output-dir")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_lib", description="Knowledge-distillation course tools.")
     common = argparse.ArgumentParser(add_help=False)
@@ -70,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check", parents=[common], help="check Python, packages, the packaged teacher and the data files")
     _add_distill_arguments(sub.add_parser("distill", parents=[common],
                                           help="fine-tune a teacher and distil a DistilBERT student"))
+    _add_distill_lm_arguments(sub.add_parser("distill-lm", parents=[common],
+                                             help="prune a pretrained LLM (SmolLM2) and heal it by distillation"))
     return parser
 
 
@@ -139,13 +182,43 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill_lm(args: argparse.Namespace) -> int:
+    from kd_lib.distributed import launched
+    from kd_lib.llm_pipeline import lm_config_from_preset, lm_results_table, run_lm
+    from kd_lib.utils import quiet_hf
+
+    rank = launched().rank  # under torchrun: only rank 0 reports
+    try:
+        config = lm_config_from_preset(
+            args.preset, teacher=args.teacher, keep_layers=args.keep_layers, importance=args.importance,
+            topk=args.topk, mode=args.mode, temperature=args.temperature, alpha=args.alpha, steps=args.steps,
+            batch_size=args.batch_size, block_size=args.block_size, lr=args.lr, seed=args.seed, device=args.device,
+            grad_accum=args.grad_accum, precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
+        )
+        with quiet_hf():
+            results = run_lm(config, args.output_dir, overwrite=args.overwrite, resume=args.resume,
+                             checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"\ninterrupted: re-run the same command (or add --resume) to continue from the last checkpoint "
+                  f"(results so far are in {args.output_dir})", file=sys.stderr)
+        return 130
+    if rank != 0:
+        return 0
+    print()
+    print(lm_results_table(results))
+    print(f"\nheld-out perplexity {results['perplexity_ratio']:.2f}x the teacher's at {results['speedup']:.2f}x its "
+          f"tokens/s; results.json, report.md, results.png, samples.md and student/ are in {args.output_dir}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from kd_lib.check import main as check
 
     return check()
 
 
-COMMANDS = {"check": _check, "distill": _distill}
+COMMANDS = {"check": _check, "distill": _distill, "distill-lm": _distill_lm}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,3 +245,11 @@ def check_main() -> int:
 def distill_main() -> int:
     """Entry point of the ``kd-distill`` console script. Taught in notebook 11, section 3 (On GPUs: the commands)."""
     return main(["distill", *sys.argv[1:]])
+
+
+def distill_lm_main() -> int:
+    """Entry point of the ``kd-distill-lm`` console script.
+
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    """
+    return main(["distill-lm", *sys.argv[1:]])

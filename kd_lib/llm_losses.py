@@ -30,9 +30,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kd_lib.losses import check_temperature
+from kd_lib.losses import check_alpha, check_temperature
+from kd_lib.training import LossFunction, forward, freeze
 
-__all__ = ["chunked_gkd_divergence", "forward_kl", "generalized_jsd", "gkd_divergence", "reverse_kl"]
+__all__ = ["chunked_gkd_divergence", "forward_kl", "generalized_jsd", "gkd_divergence", "kd_from_teacher",
+           "reverse_kl"]
 
 
 def _log_probs(student_logits, teacher_logits, temperature: float):
@@ -172,3 +174,31 @@ def chunked_gkd_divergence(student_hidden: torch.Tensor, head_weight: torch.Tens
         total = total + checkpoint(_chunk_total, hidden[part], head_weight, teacher[part], beta, temperature,
                                    use_reentrant=False)
     return total / hidden.shape[0]
+
+
+def kd_from_teacher(teacher, beta: float = 0.0, temperature: float = 1.0, alpha: float = 1.0) -> LossFunction:
+    """``alpha * gkd_divergence + (1 - alpha) * CE`` against a live teacher, for :func:`kd_lib.training.fit`.
+
+    The teacher is frozen (:func:`kd_lib.training.freeze`: eval mode, no gradients) and run under
+    ``no_grad`` on every batch -- the dense, full-vocabulary reference that top-k caches
+    (:func:`kd_lib.llm_topk.kd_from_topk`) approximate. Positions whose ``labels`` are -100 do not count.
+
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    """
+    temperature, alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
+        raise ValueError(f"beta must be a number in [0, 1] (0: forward KL, 1: reverse KL); got {beta!r}")
+    freeze(teacher)
+
+    def loss(outputs, batch: dict) -> torch.Tensor:
+        logits = outputs.logits
+        labels = batch["labels"].to(logits.device)
+        mask = labels != -100
+        with torch.no_grad():
+            teacher_logits = forward(teacher, batch, logits.device).logits
+        kd = gkd_divergence(logits, teacher_logits, beta, mask, temperature)
+        if alpha == 1:
+            return kd
+        return alpha * kd + (1 - alpha) * F.cross_entropy(logits[mask].float(), labels[mask])
+
+    return LossFunction(loss)

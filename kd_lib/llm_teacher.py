@@ -16,6 +16,7 @@ Online, a Hub name (e.g. ``"HuggingFaceTB/SmolLM2-135M-Instruct"``) loads the or
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import time
@@ -37,6 +38,7 @@ __all__ = [
     "SMOLLM2_VERSION",
     "load_llm_teacher",
     "smollm2_gguf_path",
+    "text_tokenizer",
     "verify_smollm2_gguf",
 ]
 
@@ -160,3 +162,25 @@ def load_llm_teacher(name_or_path: str | os.PathLike | None = None, *, cache_roo
         raise ValueError(f"could not load name_or_path={str(name_or_path)!r} ({exc.__class__.__name__}): offline, "
                          "use None (the packaged SmolLM2) or a local folder") from None
     return model, tokenizer, {"source": str(name_or_path), "quantization": None, "from_cache": False}
+
+
+def text_tokenizer(tokenizer, end_of_text: str = "<|endoftext|>"):
+    """A copy of a chat model's tokenizer set up for plain text: ``end_of_text`` separates documents.
+
+    An Instruct model's ``eos_token`` ends a chat turn (SmolLM2: ``<|im_end|>``, id 2); between chapters
+    of a novel the pretraining separator (``<|endoftext|>``, id 0) belongs. The copy uses it as
+    ``eos_token`` and, where none is set, as ``pad_token`` (padding is masked everywhere), and allows
+    texts longer than the model's context (:class:`kd_lib.lm.LMBlocks` cuts them into blocks). A tokenizer
+    without ``end_of_text`` keeps its own ``eos_token``.
+
+    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook yet.
+    """
+    text = copy.deepcopy(tokenizer)
+    if end_of_text in text.get_vocab():
+        text.eos_token = end_of_text
+    if text.eos_token is None:
+        raise ValueError("tokenizer has no end-of-text token: pass end_of_text, a token of its vocabulary")
+    if text.pad_token is None:
+        text.pad_token = text.eos_token
+    text.model_max_length = 10**9
+    return text

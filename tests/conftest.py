@@ -40,6 +40,16 @@ def tiny_teacher(tmp_path):
     return folder
 
 
+@pytest.fixture(scope="session")
+def smollm2_built(tmp_path_factory):
+    """``(root, (model, tokenizer, info))``: SmolLM2 de-quantised into a fresh cache root, once per session
+    (about 25 s); tests that run the LLM job in a subprocess point ``KD_CACHE_DIR`` at ``root``."""
+    from kd_lib.llm_teacher import load_llm_teacher
+
+    root = tmp_path_factory.mktemp("kd-cache-smollm2")
+    return root, load_llm_teacher(cache_root=root)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     """The packaged teacher's WordPiece tokenizer."""

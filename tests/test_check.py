@@ -77,4 +77,5 @@ def test_check_command_line():
     assert "All " in proc.stdout and "checks passed" in proc.stdout
     assert proc.stderr == ""
     scripts = Path(sys.executable).parent
-    assert (scripts / "kd-check").is_file() and (scripts / "kd-distill").is_file(), "console scripts installed"
+    for script in ("kd-check", "kd-distill", "kd-distill-lm"):
+        assert (scripts / script).is_file(), f"console script {script} installed"

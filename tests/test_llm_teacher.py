@@ -19,12 +19,10 @@ GOLDEN = Path(__file__).parent / "fixtures" / "smollm2_ids.json"  # ids from tra
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The teacher de-quantised into a fresh cache (about 30 s), then loaded again from that cache."""
-    root = tmp_path_factory.mktemp("kd-cache")
-    first = load_llm_teacher(cache_root=root)
-    again = load_llm_teacher(cache_root=root)
-    return first, again
+def built(smollm2_built):
+    """The teacher de-quantised into a fresh cache (about 30 s, once per session), then loaded again from it."""
+    root, first = smollm2_built
+    return first, load_llm_teacher(cache_root=root)
 
 
 def test_the_gguf_file_is_found_through_metadata_without_importing_the_package():
