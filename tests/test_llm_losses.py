@@ -181,3 +181,42 @@ def test_the_chunked_loss_refuses_bad_arguments(kwargs, message):
         chunked_gkd_divergence(torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(2, 3, 5), **kwargs)
     with pytest.raises(ValueError, match=r"head_weight \[V, H\]"):
         chunked_gkd_divergence(torch.randn(2, 3, 4), torch.randn(5, 3), torch.randn(2, 3, 5))
+
+
+class _Teacher(torch.nn.Module):
+    """A 'language model' whose logits are a fixed table looked up by token id (so they are known here)."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+@pytest.mark.parametrize("beta, alpha, T", [(0.0, 1.0, 1.0), (1.0, 1.0, 2.0), (0.5, 0.3, 1.0)])
+def test_kd_from_teacher_is_the_divergence_to_the_live_frozen_teacher(beta, alpha, T):
+    from types import SimpleNamespace
+
+    from kd_lib.llm_losses import kd_from_teacher
+
+    g = torch.Generator().manual_seed(3)
+    teacher = _Teacher(torch.randn(11, 11, generator=g, dtype=torch.float64)).train()
+    ids = torch.randint(0, 11, (2, 5), generator=g)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[1, 3:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    s = torch.randn(2, 5, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    value = kd_from_teacher(teacher, beta, T, alpha)(SimpleNamespace(logits=s), batch)
+    mask = labels != -100
+    expected = alpha * _by_hand(s, teacher.table[ids].detach(), mask, T, {0.0: "forward", 1.0: "reverse"}.get(
+        beta, "jsd"), beta)
+    if alpha < 1:
+        expected += (1 - alpha) * torch.nn.functional.cross_entropy(s[mask], labels[mask]).item()
+    assert value.item() == pytest.approx(expected, rel=1e-7)  # the CE term is computed in float32
+    value.backward()
+    assert not teacher.training and teacher.table.grad is None and not teacher.table.requires_grad
+    with pytest.raises(ValueError, match="beta must be a number in"):
+        kd_from_teacher(teacher, 1.5)

