@@ -151,20 +151,14 @@ def report_error(exc: BaseException, debug: bool) -> int:
     return 1
 
 
-def _distill(args: argparse.Namespace) -> int:
+def _run_job(args: argparse.Namespace, make_config, run, summary) -> int:
+    """Build the config, run the job (quietly), and let rank 0 print ``summary(results)``; Ctrl-C says how to resume."""
     from kd_lib.distributed import launched
-    from kd_lib.pipeline import config_from_preset, results_table, run
     from kd_lib.utils import quiet_hf
 
     rank = launched().rank  # under torchrun: only rank 0 reports
     try:
-        config = config_from_preset(
-            args.preset, task=args.task, teacher=args.teacher, student_layers=args.student_layers,
-            temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
-            max_length=args.max_length, seed=args.seed, teacher_seed=args.teacher_seed,
-            device=args.device, backend=args.backend, grad_accum=args.grad_accum,
-            precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
-        )
+        config = make_config(precision="bf16" if args.bf16 else "fp16" if args.fp16 else None)
         with quiet_hf():
             results = run(config, args.output_dir, overwrite=args.overwrite, resume=args.resume,
                           checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
@@ -173,43 +167,43 @@ def _distill(args: argparse.Namespace) -> int:
             print(f"\ninterrupted: re-run the same command (or add --resume) to continue from the last checkpoint "
                   f"(results so far are in {args.output_dir})", file=sys.stderr)
         return 130
-    if rank != 0:
-        return 0
-    print()
-    print(results_table(results))
-    print(f"\nretention {results['retention']:.3f}, speed-up {results['speedup']:.2f}×; "
-          f"results.json, report.md, results.png and student/ are in {args.output_dir}")
+    if rank == 0:
+        print()
+        print(summary(results))
     return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from kd_lib.pipeline import config_from_preset, results_table, run
+
+    def make_config(precision):
+        return config_from_preset(
+            args.preset, task=args.task, teacher=args.teacher, student_layers=args.student_layers,
+            temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+            max_length=args.max_length, seed=args.seed, teacher_seed=args.teacher_seed,
+            device=args.device, backend=args.backend, grad_accum=args.grad_accum, precision=precision,
+        )
+
+    return _run_job(args, make_config, run, lambda results: (
+        f"{results_table(results)}\n\nretention {results['retention']:.3f}, speed-up {results['speedup']:.2f}×; "
+        f"results.json, report.md, results.png and student/ are in {args.output_dir}"))
 
 
 def _distill_lm(args: argparse.Namespace) -> int:
-    from kd_lib.distributed import launched
     from kd_lib.llm_pipeline import lm_config_from_preset, lm_results_table, run_lm
-    from kd_lib.utils import quiet_hf
 
-    rank = launched().rank  # under torchrun: only rank 0 reports
-    try:
-        config = lm_config_from_preset(
+    def make_config(precision):
+        return lm_config_from_preset(
             args.preset, teacher=args.teacher, keep_layers=args.keep_layers, importance=args.importance,
             topk=args.topk, mode=args.mode, temperature=args.temperature, alpha=args.alpha, steps=args.steps,
             batch_size=args.batch_size, block_size=args.block_size, lr=args.lr, seed=args.seed, device=args.device,
-            grad_accum=args.grad_accum, precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
+            grad_accum=args.grad_accum, precision=precision,
         )
-        with quiet_hf():
-            results = run_lm(config, args.output_dir, overwrite=args.overwrite, resume=args.resume,
-                             checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        if rank == 0:
-            print(f"\ninterrupted: re-run the same command (or add --resume) to continue from the last checkpoint "
-                  f"(results so far are in {args.output_dir})", file=sys.stderr)
-        return 130
-    if rank != 0:
-        return 0
-    print()
-    print(lm_results_table(results))
-    print(f"\nheld-out perplexity {results['perplexity_ratio']:.2f}x the teacher's at {results['speedup']:.2f}x its "
-          f"tokens/s; results.json, report.md, results.png, samples.md and student/ are in {args.output_dir}")
-    return 0
+
+    return _run_job(args, make_config, run_lm, lambda results: (
+        f"{lm_results_table(results)}\n\nheld-out perplexity {results['perplexity_ratio']:.2f}x the teacher's at "
+        f"{results['speedup']:.2f}x its tokens/s; results.json, report.md, results.png, samples.md and student/ are "
+        f"in {args.output_dir}"))
 
 
 def _check(args: argparse.Namespace) -> int:
