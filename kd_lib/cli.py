@@ -81,7 +81,8 @@ def _add_distill_lm_arguments(p: argparse.ArgumentParser) -> None:
                    help="the probability the top-k leave out: renormalize (default) or a residual bucket")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature of the KD term (default 1)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="weight of the KD term in [0, 1] (default 1: soft targets only; 0: cross-entropy only)")
+                   help="weight of the KD term in [0, 1] (default 0.5, with cross-entropy; 1: soft targets only; "
+                        "0: cross-entropy only)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="blocks per step (default 4)")
     p.add_argument("--block-size", type=int, default=None, help="tokens per block (default 128)")
@@ -244,6 +245,6 @@ def distill_main() -> int:
 def distill_lm_main() -> int:
     """Entry point of the ``kd-distill-lm`` console script.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
     """
     return main(["distill-lm", *sys.argv[1:]])

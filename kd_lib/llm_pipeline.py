@@ -11,7 +11,8 @@ and skipped on a re-run; the student's training checkpoints every ``checkpoint_e
 3. ``topk_cache`` the teacher's top-``k`` next-token log-probabilities over the training blocks, computed
                   once and kept in ``$KD_CACHE_DIR/llm-topk`` (``topk = 0``: no cache, the live teacher's
                   full distribution every step). Layer importances are kept there too.
-4. ``student``    the pruned teacher trained with KD (``alpha = 0``: cross-entropy only, the baseline).
+4. ``student``    the pruned teacher trained with ``alpha`` KD + ``(1 - alpha)`` cross-entropy (``alpha = 0.5``,
+                  chosen on the dev chapters over 1 and 0; ``alpha = 0``: cross-entropy only, the baseline).
 5. ``evaluate``   the student's dev and held-out perplexity.
 6. ``speed``      teacher vs student tokens/s (batch 8) and batch-1 time per block, timed alternately.
 7. ``samples``    continuations of held-out openings by teacher and student, side by side (``samples.md``).
@@ -24,7 +25,7 @@ block mean and a batch split over processes gives the same steps. Under ``torchr
 teacher, measures the layers and writes the cache while the others wait; every process trains its share
 of each batch; rank 0 evaluates and writes.
 
-Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ DEV_EVERY = 30  # every 30th training chapter (9 of 244) is a dev chapter, never
 class LMDistillConfig:
     """Every setting of one run of ``distill-lm`` (serialised into ``results.json``).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 1 (The teacher, offline).
     """
 
     preset: str = "default"
@@ -78,7 +79,7 @@ class LMDistillConfig:
     topk: int = 32  # teacher log-probabilities kept per token; 0: the live teacher's full distribution
     mode: str = "renormalize"  # how the left-out mass is handled: "renormalize" or "bucket"
     temperature: float = 1.0
-    alpha: float = 1.0  # weight of the KD term (1: soft targets only, 0: cross-entropy only)
+    alpha: float = 0.5  # weight of the KD term (1: soft targets only, 0: cross-entropy only); chosen on dev
     steps: int = 200  # optimizer steps (one pass over steps * batch_size blocks)
     batch_size: int = 4  # blocks per step
     block_size: int = 128  # tokens per block
@@ -117,7 +118,7 @@ LM_PRESETS: dict[str, dict] = {
 def lm_config_from_preset(preset: str = "default", **overrides) -> LMDistillConfig:
     """An :class:`LMDistillConfig` from a preset, with ``overrides`` (``None`` values ignored).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 1 (The teacher, offline).
     """
     if preset not in LM_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(LM_PRESETS)}")
@@ -199,7 +200,7 @@ def _check_layers(config: LMDistillConfig, n_layers: int) -> tuple[int, ...] | i
 def validate_lm(config: LMDistillConfig) -> LMDistillConfig:
     """Check every setting before any work; ``ValueError`` names the option and the fix.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
     """
     _check_options(config, distributed.launched().world)
     teacher_cfg = _teacher_config(config.teacher)
@@ -243,7 +244,7 @@ def austen_blocks(tokenizer, config: LMDistillConfig) -> dict[str, LMBlocks]:
     whatever the run's seed) and cut into blocks; training takes the first blocks, calibration the next
     ones. ``dev`` and ``heldout`` are blocks spread evenly over the dev and the held-out chapters.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 1 (The teacher, offline).
     """
     austen = load_austen()
     chapters = austen["train"]["text"]
@@ -487,7 +488,7 @@ def run_lm(config: LMDistillConfig, output_dir: str | Path, *, overwrite: bool =
     on it); the student's training checkpoints every ``checkpoint_every`` optimizer steps. Under
     ``torchrun`` every process calls this and gets the same results; only rank 0 writes.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
     """
     config = validate_lm(config)
     output_dir = Path(output_dir)
@@ -562,7 +563,7 @@ def _results(config: LMDistillConfig, state: RunState, student, world: int) -> d
 def lm_results_table(results: dict) -> str:
     """The results as a Markdown table.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
     """
     t, s = results["teacher"], results["student"]
     rows = [("model", "layers", "params (M)", "dev perplexity", "held-out perplexity", "tokens/s (batch 8)"),
