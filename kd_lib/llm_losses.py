@@ -75,7 +75,7 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
         mask: ``[...]`` (e.g. ``labels != -100``): the positions that count; all of them if ``None``.
         temperature: softmax temperature ``T > 0``.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 2 (Three divergences).
     """
     temperature = check_temperature(temperature, kd=True)
     log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
@@ -86,7 +86,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
                temperature: float = 1.0) -> torch.Tensor:
     """``T**2 * mean over masked positions of KL(p_s || p_t)``: a scalar, in nats (arguments as :func:`forward_kl`).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 2 (Three divergences).
     """
     temperature = check_temperature(temperature, kd=True)
     log_p_s, log_p_t = _log_probs(student_logits, teacher_logits, temperature)
@@ -101,7 +101,7 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     distributions and the divergence is 0); ``beta = 0.5`` is the Jensen-Shannon divergence, at most
     ``log 2`` per token. Other arguments as :func:`forward_kl`.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 2 (Three divergences).
     """
     temperature = check_temperature(temperature, kd=True)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1:
@@ -119,7 +119,7 @@ def gkd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, b
     :func:`generalized_jsd` in between -- times ``T**2`` (TRL's own loss has no ``T**2``; at ``T = 1``
     the two agree). Arguments as :func:`forward_kl`.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 2 (Three divergences).
     """
     if beta == 0:
         return forward_kl(student_logits, teacher_logits, mask, temperature)
@@ -149,7 +149,7 @@ def chunked_gkd_divergence(student_hidden: torch.Tensor, head_weight: torch.Tens
             (``torch.utils.checkpoint``) instead of being kept, so the memory for the student's logits
             is ``chunk_tokens * V`` floats, not ``tokens * V``; the value and gradients equal the full loss's.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 3 (The vocabulary decides the memory).
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -183,7 +183,7 @@ def kd_from_teacher(teacher, beta: float = 0.0, temperature: float = 1.0, alpha:
     ``no_grad`` on every batch -- the dense, full-vocabulary reference that top-k caches
     (:func:`kd_lib.llm_topk.kd_from_topk`) approximate. Positions whose ``labels`` are -100 do not count.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 6 (Healing the pruned student).
     """
     temperature, alpha = check_temperature(temperature, kd=True), check_alpha(alpha)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:

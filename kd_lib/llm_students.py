@@ -39,7 +39,7 @@ def prune_layers(model, keep) -> nn.Module:
     (``layer_idx``): the key/value cache of ``generate`` is indexed by it, and a stale index would read
     another layer's cache. Tied input/output embeddings stay tied.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 4 (A student cut from the teacher).
     """
     keep = _check_layers(keep, len(model.model.layers))
     pruned = copy.deepcopy(model)
@@ -82,7 +82,7 @@ def layer_importance(model, data, method: str = "drop_loss", batch_size: int = 8
             with a target).
         max_blocks: use only the first blocks (calibration text is small).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 4 (A student cut from the teacher).
     """
     if method not in ("drop_loss", "cosine"):
         raise ValueError(f"method must be 'drop_loss' or 'cosine'; got {method!r}")
@@ -137,7 +137,7 @@ def choose_layers(importance: torch.Tensor, k: int, keep_ends: bool = True) -> l
     """The ``k`` most important layers, in order; with ``keep_ends`` the first and last always stay
     (pruning studies find them the hardest to lose).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 4 (A student cut from the teacher).
     """
     n = len(importance)
     if isinstance(k, bool) or not isinstance(k, int) or not (2 if keep_ends else 1) <= k <= n:
@@ -150,7 +150,7 @@ def choose_layers(importance: torch.Tensor, k: int, keep_ends: bool = True) -> l
 def every_other_layer(n_layers: int, k: int) -> list[int]:
     """``k`` layers spread evenly from the first to the last (DistilBERT's "every other layer").
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 4 (A student cut from the teacher).
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
         raise ValueError(f"k must be an int from 1 to {n_layers}; got {k!r}")
@@ -163,7 +163,7 @@ def small_llama(vocab_size: int, layers: int = 4, width: int = 256, heads: int =
                 seed: int = 0, tie: bool = True, max_positions: int = 2048):
     """A randomly initialised Llama (SmolLM2's design: grouped-query attention, tied embeddings).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 6 (Healing the pruned student).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -58,7 +58,7 @@ def smollm2_gguf_path() -> Path:
             message gives the install command.
         FileNotFoundError: the distribution's file list names no ``SMOLLM2_GGUF``, or the file is gone.
 
-    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook yet.
+    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook.
     """
     try:
         dist = metadata.distribution(SMOLLM2_DIST)
@@ -81,7 +81,7 @@ def verify_smollm2_gguf() -> Path:
     Raises:
         TeacherIntegrityError: the file differs from the one the course was written for.
 
-    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook yet.
+    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook.
     """
     path = smollm2_gguf_path()
     digest = sha256_file_cached(path)
@@ -138,7 +138,7 @@ def load_llm_teacher(name_or_path: str | os.PathLike | None = None, *, cache_roo
     file hash, quantization, transformers version, parameters, build seconds) plus ``folder`` and
     ``from_cache``; otherwise ``{"source": name_or_path, "quantization": None, "from_cache": False}``.
 
-    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook yet.
+    Taught in notebook 12, section 1 (The teacher, offline).
     """
     if name_or_path is None:
         import transformers
@@ -173,7 +173,7 @@ def text_tokenizer(tokenizer, end_of_text: str = "<|endoftext|>"):
     texts longer than the model's context (:class:`kd_lib.lm.LMBlocks` cuts them into blocks). A tokenizer
     without ``end_of_text`` keeps its own ``eos_token``.
 
-    Course infrastructure (the offline LLM teacher of Part IV), not taught in a notebook yet.
+    Taught in notebook 12, section 1 (The teacher, offline).
     """
     text = copy.deepcopy(tokenizer)
     if end_of_text in text.get_vocab():

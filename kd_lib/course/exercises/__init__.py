@@ -14,7 +14,7 @@ Usage in a notebook::
     check_kd_loss(my_kd_loss)          # displays ✓ or ✗ + hint
     assert check_kd_loss(my_kd_loss)   # a Verdict is truthy when correct
 
-The checks of notebook ``NN`` live in :mod:`kd_lib.course.exercises.nbNN` (``nb01`` … ``nb11``);
+The checks of notebook ``NN`` live in :mod:`kd_lib.course.exercises.nbNN` (``nb01``, ``nb02``, …);
 the verdict and the machinery they share in :mod:`kd_lib.course.exercises.verdict`. This package
 imports a check's module only when the check is first looked up, so notebook 01's checks do not
 load what notebook 11's need (``transformers.Trainer``, through ``kd_lib.trainer``).
@@ -27,50 +27,26 @@ Conventions: ``B`` batch, ``L`` sequence length, ``C`` classes, ``D`` hidden wid
 
 from __future__ import annotations
 
+import ast
 import importlib
+from pathlib import Path
 from typing import Any
 
-# name -> the module of this package that defines it (imported on first use, PEP 562)
-_WHERE: dict[str, str] = {
-    "Verdict": "verdict",
-    **dict.fromkeys(
-        [
-            "check_entropy_derivative",
-            "check_high_temperature_gradient",
-            "check_softmax_overflow",
-            "check_temperature_for_target",
-        ],
-        "nb01",
-    ),
-    **dict.fromkeys(
-        [
-            "check_effective_alpha",
-            "check_kd_loss",
-            "check_kl_directions",
-            "check_shift_invariance",
-            "check_token_kd_loss",
-        ],
-        "nb02",
-    ),
-    **dict.fromkeys(["check_distillation_loss", "check_fixed_snippet", "check_validation_split"], "nb03"),
-    **dict.fromkeys(
-        [
-            "check_bert_base_counts",
-            "check_bert_param_formula",
-            "check_pad_share",
-            "check_temperature_scaling",
-            "check_tokenize_prediction",
-        ],
-        "nb04",
-    ),
-    **dict.fromkeys(["check_fold_token_types", "check_pair_difference_layer"], "nb05"),
-    **dict.fromkeys(["check_cosine_hidden_loss", "check_layer_map", "check_projection_count"], "nb06"),
-    **dict.fromkeys(["check_csr_break_even", "check_csr_bytes", "check_ece"], "nb07"),
-    **dict.fromkeys(["check_qr_index"], "nb08"),
-    **dict.fromkeys(["check_next_token_labels"], "nb09"),
-    **dict.fromkeys(["check_mixture_flip_temperature"], "nb10"),
-    **dict.fromkeys(["check_grad_accumulation", "check_largest_batch"], "nb11"),
-}
+
+def _checks_by_module() -> dict[str, str]:
+    """check name -> the module of this package that defines it, read from each ``nbNN.py``'s ``__all__``
+    without importing it (a notebook's checks load only when first looked up, PEP 562; and a new
+    notebook's module needs no change here)."""
+    where = {"Verdict": "verdict"}
+    for path in sorted(Path(__file__).parent.glob("nb[0-9][0-9].py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                checks = [n for n in ast.literal_eval(node.value) if n.startswith("check_")]
+                where.update(dict.fromkeys(checks, path.stem))
+    return where
+
+
+_WHERE: dict[str, str] = _checks_by_module()
 
 __all__ = ["Verdict", *sorted(n for n in _WHERE if n != "Verdict")]
 
