@@ -674,6 +674,53 @@ def test_student_log_rest():
         logits.gather(-1, ids), -1) - torch.logsumexp(logits, -1)), "on* the ids")
 
 
+def test_completion_labels():
+    def right(prompts, completions, eos):
+        after = ((completions == eos).long().cumsum(1) - (completions == eos).long()) > 0
+        ids = torch.cat([prompts, completions.masked_fill(after, -100)], 1)
+        labels = torch.full_like(ids, -100)
+        labels[:, prompts.shape[1] - 1:-1] = ids[:, prompts.shape[1]:]
+        return labels
+
+    def unshifted(prompts, completions, eos):
+        labels = right(prompts, completions, eos)
+        return torch.cat([torch.full_like(labels[:, :1], -100), labels[:, :-1]], 1)
+
+    def eos_dropped(prompts, completions, eos):
+        return right(prompts, completions.masked_fill((completions == eos).long().cumsum(1) > 0, -100), eos)
+
+    def no_stop(prompts, completions, eos):
+        return right(prompts, completions, -1)
+
+    def prompt_too(prompts, completions, eos):
+        ids = torch.cat([prompts, completions], 1)
+        return torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)
+
+    assert_right(ex.check_completion_labels(right))
+    assert_wrong(ex.check_completion_labels(unshifted), "unshifted")
+    assert_wrong(ex.check_completion_labels(eos_dropped), "target too")
+    assert_wrong(ex.check_completion_labels(no_stop), "padding")
+    assert_wrong(ex.check_completion_labels(prompt_too), "prompt is given")
+
+
+def test_generation_tokens():
+    assert_right(ex.check_generation_tokens(lambda b, p, g: b * (p + g - 1)))
+    assert_wrong(ex.check_generation_tokens(lambda b, p, g: b * (p + g)), "never fed back")
+    assert_wrong(ex.check_generation_tokens(lambda b, p, g: b * sum(p + i for i in range(g))), "without a cache")
+    assert_wrong(ex.check_generation_tokens(lambda b, p, g: b * g), "prompt is read once")
+    assert_wrong(ex.check_generation_tokens(lambda b, p, g: 0.5), "whole number")
+
+
+def test_position_mean():
+    def right(values, mask, p):
+        return (values.sum(0) / mask.sum(0).clamp_min(1))[p - 1:-1]
+
+    assert_right(ex.check_position_mean(right))
+    assert_wrong(ex.check_position_mean(lambda v, m, p: (v.sum(0) / v.shape[0])[p - 1:-1]), "batch size")
+    assert_wrong(ex.check_position_mean(lambda v, m, p: (v.sum(0) / m.sum(0).clamp_min(1))[p:]), "off by one")
+    assert_wrong(ex.check_position_mean(lambda v, m, p: v.mean(0)[p - 1:-1] * 2), "expected")
+
+
 def test_checks_leave_the_global_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
