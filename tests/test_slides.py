@@ -26,6 +26,7 @@ PARTS = {  # deck file stem prefix -> the notebooks that part covers
     "part1": {"01", "02", "03"},
     "part2": {"04", "05", "06", "07"},
     "part3": {"08", "09", "10", "11"},
+    "part4": {"12", "13", "14"},
 }
 MIN_SLIDES = 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +56,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 def test_one_deck_per_part():
     stems = [d.stem for d in DECKS]
-    assert len(stems) == 3, stems
+    assert len(stems) == len(PARTS), stems
     for prefix in PARTS:
         assert sum(s.startswith(prefix) for s in stems) == 1, f"no single deck for {prefix}: {stems}"
 
@@ -87,7 +88,7 @@ def test_every_deck_builds_with_enough_slides(built):
         html = path.read_text(encoding="utf-8")
         n_slides = html.count('<section class="slide"')
         assert n_slides >= MIN_SLIDES, f"{stem}: {n_slides} slides"
-        assert re.search(r"<title>Part I+ · .+</title>", html), f"{stem}: no 'Part N · ...' title"
+        assert re.search(r"<title>Part [IV]+ · .+</title>", html), f"{stem}: no 'Part N · ...' title"
         assert "\\(" in html or "\\[" in html, f"{stem}: no maths"
         assert "MathJax" in html  # inlined, so the deck needs no network
         for slide in re.findall(r'<section class="slide".*?</section>', html, re.S):

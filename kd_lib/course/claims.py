@@ -32,6 +32,7 @@ DECK_NOTEBOOKS = {
     "part1_foundations": ("01", "02", "03"),
     "part2_transformers": ("04", "05", "06", "07"),
     "part3_applications": ("08", "09", "10", "11", "03", "05", "07"),  # its last slides sum up the course
+    "part4_llm": ("12", "13", "14"),
 }
 NUMBER = r"\d+(?:,\d{3})*(?:\.\d+)?"
 CLAIM = re.compile(
