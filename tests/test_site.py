@@ -49,7 +49,7 @@ def test_site_has_every_page(site):
     for nb in NOTEBOOKS:
         assert (site / "notebooks" / f"{nb.stem}.html").is_file(), nb.name
     decks = sorted(p.name for p in (site / "slides").glob("*.html"))
-    assert len(decks) == 3, decks
+    assert decks == sorted(f"{d.stem}.html" for d in (ROOT / "slides").glob("part*.md")) and len(decks) == 4, decks
     slides_page = (site / "slides.html").read_text(encoding="utf-8")
     for deck in decks:
         assert f'href="slides/{deck}"' in slides_page
