@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,9 @@ from transformers import (
 from kd_lib.data import EncodedDataset, load_task
 from kd_lib.models import packaged_teacher_path
 
+# the session's cache folder, set by the repository's conftest.py before this file is imported (tests that
+# monkeypatch KD_CACHE_DIR later do not change it)
+SESSION_CACHE = os.environ.get("KD_CACHE_DIR")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -43,11 +48,24 @@ def tiny_teacher(tmp_path):
 @pytest.fixture(scope="session")
 def smollm2_built(tmp_path_factory):
     """``(root, (model, tokenizer, info))``: SmolLM2 de-quantised into a fresh cache root, once per session
-    (about 25 s); tests that run the LLM job in a subprocess point ``KD_CACHE_DIR`` at ``root``."""
+    (about 25 s); tests that run the LLM job in a subprocess point ``KD_CACHE_DIR`` at ``root``.
+
+    The built entry is then copied into the session's ``$KD_CACHE_DIR`` (the repository conftest's
+    temporary folder, read here before any test changes it), so the Part IV notebooks of the same session
+    load it instead of de-quantising the teacher a second time."""
     from kd_lib.llm_teacher import load_llm_teacher
 
     root = tmp_path_factory.mktemp("kd-cache-smollm2")
-    return root, load_llm_teacher(cache_root=root)
+    built = load_llm_teacher(cache_root=root)
+    entry = Path(built[2]["folder"])
+    if SESSION_CACHE:
+        target = Path(SESSION_CACHE) / entry.relative_to(root)
+        if not target.exists():
+            scratch = target.with_name(target.name + ".copying")
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copytree(entry, scratch)
+            os.replace(scratch, target)
+    return root, built
 
 
 @pytest.fixture(scope="module")
