@@ -43,7 +43,7 @@ def run_trl(student, teacher, tokenizer, prompts, continuations, tmp_path, **opt
     def spy(model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = compute_loss(model, inputs, return_outputs, num_items_in_batch)
         seen.append(({"input_ids": inputs["input_ids"].clone(), "attention_mask": inputs["attention_mask"].clone(),
-                      "labels": shift_labels(inputs["labels"])}, num_items_in_batch, float(loss)))
+                      "labels": shift_labels(inputs["labels"])}, num_items_in_batch, loss.detach().item()))
         return loss
 
     trainer.compute_loss = spy
