@@ -15,7 +15,7 @@ import pytest
 from kd_lib.course import exercises as ex
 
 EXERCISES_DIR = Path(ex.__file__).resolve().parent
-NOTEBOOK_MODULES = [f"kd_lib.course.exercises.nb{n:02d}" for n in range(1, 14)]
+NOTEBOOK_MODULES = [f"kd_lib.course.exercises.nb{n:02d}" for n in range(1, 15)]
 # imported only inside the functions that need them: kd_lib.trainer loads transformers.Trainer
 HEAVY = ("kd_lib.trainer", "transformers")
 

@@ -721,6 +721,71 @@ def test_position_mean():
     assert_wrong(ex.check_position_mean(lambda v, m, p: v.mean(0)[p - 1:-1] * 2), "expected")
 
 
+def test_bits_per_byte():
+    assert_right(ex.check_bits_per_byte(lambda ppl, n, b: n * math.log2(ppl) / b))
+    assert_wrong(ex.check_bits_per_byte(lambda ppl, n, b: n * math.log(ppl) / b), "nats per byte")
+    assert_wrong(ex.check_bits_per_byte(lambda ppl, n, b: math.log2(ppl)), "bits per token")
+    assert_wrong(ex.check_bits_per_byte(lambda ppl, n, b: b * math.log2(ppl) / n), "bytes / tokens")
+    assert_wrong(ex.check_bits_per_byte(lambda ppl, n, b: n * math.log10(ppl) / b), "base 10")
+    assert_wrong(ex.check_bits_per_byte(lambda ppl, n, b: 1.0), "expected")
+
+
+def test_aligned_pairs():
+    def starts(sizes):
+        return [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def right(student, teacher):
+        t_starts = starts(teacher)
+        return [(t, t_starts.index(b)) for t, b in enumerate(starts(student)) if b in t_starts]
+
+    def ends(student, teacher):
+        t_ends = [sum(teacher[:i + 1]) for i in range(len(teacher))]
+        return [(t, t_ends.index(sum(student[:t + 1]))) for t in range(len(student)) if sum(student[:t + 1]) in t_ends]
+
+    assert_right(ex.check_aligned_pairs(right))
+    assert right([1, 3, 2, 3, 1, 4, 1, 5, 4], [4, 5, 1, 4, 6, 4]) == [(0, 0), (2, 1), (4, 2), (5, 3), (6, 4), (8, 5)]
+    assert_wrong(ex.check_aligned_pairs(ends), "end")
+    assert_wrong(ex.check_aligned_pairs(lambda s, t: [(i, i) for i in range(min(len(s), len(t)))]), "byte offset")
+    assert_wrong(ex.check_aligned_pairs(lambda s, t: [(0, 0)]), "expected")
+    assert_wrong(ex.check_aligned_pairs(lambda s, t: 3), "pairs")
+
+
+def test_uld_distance():
+    def padded(x, size, descending=True):
+        return F.pad(x.sort(descending=descending).values, (0, size - len(x)))
+
+    def right(p, q):
+        size = max(len(p), len(q))
+        return (padded(p, size) - padded(q, size)).abs().sum()
+
+    def pads_p_only(p, q):
+        return (padded(p, len(p)) - padded(q, len(p))).abs().sum()
+
+    def unsorted(p, q):
+        size = max(len(p), len(q))
+        return (F.pad(p, (0, size - len(p))) - F.pad(q, (0, size - len(q)))).abs().sum()
+
+    def ascending(p, q):
+        size = max(len(p), len(q))
+        return (padded(p, size, False) - padded(q, size, False)).abs().sum()
+
+    def truncated(p, q):
+        size = min(len(p), len(q))
+        return (p.sort(descending=True).values[:size] - q.sort(descending=True).values[:size]).abs().sum()
+
+    def signed(p, q):
+        size = max(len(p), len(q))
+        return (padded(p, size) - padded(q, size)).sum()
+
+    assert_right(ex.check_uld_distance(right))
+    assert_wrong(ex.check_uld_distance(pads_p_only), "shorter")
+    assert_wrong(ex.check_uld_distance(unsorted), "sort both")
+    assert_wrong(ex.check_uld_distance(ascending), "decreasing")
+    assert_wrong(ex.check_uld_distance(truncated), "pad the shorter")
+    assert_wrong(ex.check_uld_distance(signed), "absolute")
+    assert_wrong(ex.check_uld_distance(lambda p, q: 0.3), "expected")
+
+
 def test_checks_leave_the_global_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
