@@ -176,12 +176,13 @@ def same_vocabulary(tokenizer_a, tokenizer_b) -> bool:
 
 @dataclass
 class CrossTargets:
-    """The teacher's top-``k`` next-token log-probabilities at the *student's* positions.
+    """The teacher's top-``k`` next-token log-probabilities at a student's positions (``L_s``), or at the
+    teacher's own (``L_t``, from ``cross_tokenizer_targets(..., alignment=None)``).
 
     Attributes:
         cache: a :class:`kd_lib.llm_topk.TopKCache` ``[N, L_s, k]``, filled only where ``aligned``; its ids
             are the teacher's.
-        aligned: ``[N, L_s]`` bool, the positions aligned to a teacher position.
+        aligned: ``[N, L_s]`` bool, the positions that have targets (aligned to a teacher position).
         sliced: the same from the teacher's logits cut to the first ``vocab_limit`` ids (the trap), or None.
 
     Taught in notebook 14, section 3 (Aligning positions).
