@@ -28,10 +28,13 @@ distill: setup
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
-# Every test: unit tests, lint, and every notebook executed by nbval with KD_FAST=1.
+# Every test: unit tests, lint, and every notebook executed by nbval with KD_FAST=1, spread over
+# TEST_WORKERS processes (pytest-xdist; one test file or notebook per worker at a time, each worker
+# with its share of the CPUs as torch threads: see conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: setup
 	$(BIN)/python -m kd_lib check
-	KD_FAST=1 $(BIN)/python -m pytest
+	KD_FAST=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 check: setup
 	$(BIN)/python -m kd_lib check

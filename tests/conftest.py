@@ -60,11 +60,14 @@ def smollm2_built(tmp_path_factory):
     entry = Path(built[2]["folder"])
     if SESSION_CACHE:
         target = Path(SESSION_CACHE) / entry.relative_to(root)
-        if not target.exists():
-            scratch = target.with_name(target.name + ".copying")
+        if not target.exists():  # under xdist another worker may be copying it too: each its own scratch
+            scratch = target.with_name(f"{target.name}.copying-{os.getpid()}")
             shutil.rmtree(scratch, ignore_errors=True)
             shutil.copytree(entry, scratch)
-            os.replace(scratch, target)
+            try:
+                os.replace(scratch, target)
+            except OSError:  # the other worker's copy arrived first
+                shutil.rmtree(scratch, ignore_errors=True)
     return root, built
 
 
