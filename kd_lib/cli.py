@@ -76,9 +76,9 @@ def _add_distill_lm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--importance", choices=list(IMPORTANCE), default=None,
                    help="how a count of layers is chosen (default drop_loss: the loss rise when a layer is skipped)")
     p.add_argument("--topk", type=int, default=None,
-                   help="teacher log-probabilities cached per token (default 32); 0: the live teacher, all tokens")
+                   help="teacher log-probabilities cached per token (default 64); 0: the live teacher, all tokens")
     p.add_argument("--mode", choices=list(MODES), default=None,
-                   help="the probability the top-k leave out: renormalize (default) or a residual bucket")
+                   help="the probability the top-k leave out: a residual bucket (default) or renormalize")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature of the KD term (default 1)")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the KD term in [0, 1] (default 0.5, with cross-entropy; 1: soft targets only; "

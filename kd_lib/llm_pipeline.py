@@ -76,8 +76,8 @@ class LMDistillConfig:
     teacher: str | None = None  # None: the packaged SmolLM2-135M-Instruct; or a folder / Hub name
     keep_layers: int | tuple[int, ...] = 10  # a count (chosen by `importance`) or the teacher layers to keep
     importance: str = "drop_loss"
-    topk: int = 32  # teacher log-probabilities kept per token; 0: the live teacher's full distribution
-    mode: str = "renormalize"  # how the left-out mass is handled: "renormalize" or "bucket"
+    topk: int = 64  # teacher log-probabilities kept per token; 0: the live teacher's full distribution
+    mode: str = "bucket"  # the left-out mass: "bucket" or "renormalize" (k and mode chosen on dev, bench_lm)
     temperature: float = 1.0
     alpha: float = 0.5  # weight of the KD term (1: soft targets only, 0: cross-entropy only); chosen on dev
     steps: int = 200  # optimizer steps (one pass over steps * batch_size blocks)
