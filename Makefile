@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_INSTALL ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup distill test check notebooks lint bench slides site site-check clean-venv
+.PHONY: setup distill test check notebooks lint bench bench-export slides site site-check clean-venv
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ distill: setup
 # Teacher vs student speed and online vs cached-logit distillation steps, side by side.
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+# The shipped student: PyTorch and ONNX Runtime, fp32 and int8, against the teacher (needs `make distill` first).
+bench-export: setup
+	$(BIN)/python benchmarks/bench_export.py $(ARGS)
 
 # Every test: unit tests, lint, and every notebook executed by nbval with KD_FAST=1, spread over
 # TEST_WORKERS processes (pytest-xdist; one test file or notebook per worker at a time, each worker

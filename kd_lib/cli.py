@@ -1,4 +1,4 @@
-"""Command line: ``python -m kd_lib check``, ``python -m kd_lib distill`` and ``python -m kd_lib distill-lm``
+"""Command line: ``python -m kd_lib check``, ``distill``, ``distill-lm``, ``export`` and ``predict``
 (console scripts ``kd-check``, ``kd-distill`` and ``kd-distill-lm``)."""
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in --output-dir from its last checkpoint (fails if there is none)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --output-dir")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--export", action="store_true",
+                   help="also export the student to ONNX Runtime int8 (OUTPUT_DIR/onnx-int8, checked against "
+                        "PyTorch) and report its accuracy, size and speed")
 
 
 def _add_distill_lm_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +107,29 @@ def _add_distill_lm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a run folder of `python -m kd_lib distill` (e.g. runs/distill: its student) or a "
+                                  "model folder written by save_pretrained")
+    p.add_argument("--int8", action="store_true", help="quantize the weights to int8 with ONNX Runtime")
+    p.add_argument("--teacher", action="store_true", help="export the run's teacher instead of its student")
+    p.add_argument("--output-dir", default=None,
+                   help="where the ONNX folder goes (default: RUN/onnx, RUN/onnx-int8, ...; FOLDER-onnx beside a "
+                        "model folder)")
+    p.add_argument("--task", default=None,
+                   help="the task whose validation split checks the export (default: the run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder: PyTorch (e.g. runs/distill/student) or ONNX (runs/distill/onnx-int8)")
+    p.add_argument("sentences", nargs="*", help="sentences to label (none: read --file, or stdin, one per line)")
+    p.add_argument("--file", default=None, help="a text file with one sentence per line ('-': stdin)")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default %(default)s)")
+    p.add_argument("--max-length", type=int, default=128,
+                   help="tokens per sentence after truncation (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_lib", description="Knowledge-distillation course tools.")
     common = argparse.ArgumentParser(add_help=False)
@@ -114,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
                                           help="fine-tune a teacher and distil a DistilBERT student"))
     _add_distill_lm_arguments(sub.add_parser("distill-lm", parents=[common],
                                              help="prune a pretrained LLM (SmolLM2) and heal it by distillation"))
+    _add_export_arguments(sub.add_parser("export", parents=[common],
+                                         help="export a student (or teacher) to ONNX Runtime, fp32 or int8, checked"))
+    _add_predict_arguments(sub.add_parser("predict", parents=[common],
+                                          help="label sentences with a PyTorch or ONNX model folder"))
     return parser
 
 
@@ -185,9 +215,22 @@ def _distill(args: argparse.Namespace) -> int:
             device=args.device, backend=args.backend, grad_accum=args.grad_accum, precision=precision,
         )
 
-    return _run_job(args, make_config, run, lambda results: (
-        f"{results_table(results)}\n\nretention {results['retention']:.3f}, speed-up {results['speedup']:.2f}×; "
-        f"results.json, report.md, results.png and student/ are in {args.output_dir}"))
+    def summary(results: dict) -> str:
+        text = (f"{results_table(results)}\n\nretention {results['retention']:.3f}, speed-up "
+                f"{results['speedup']:.2f}×; results.json, report.md, results.png and student/ are in "
+                f"{args.output_dir}")
+        if args.export:  # the shipped student: exported once the run is complete (rank 0)
+            from kd_lib.export import export_run
+            from kd_lib.utils import quiet_hf
+
+            with quiet_hf():
+                o = export_run(args.output_dir)
+            text += (f"\nint8 ONNX student in {o['folder']}: {o['size_mb']:.1f} MB, accuracy {o['accuracy']:.4f} "
+                     f"(PyTorch {o['pytorch_accuracy']:.4f}), {o['speedup']:.2f}× the teacher's throughput at batch 64 "
+                     f"and {o['latency_speedup']:.2f}× at batch 1 (timed beside it)")
+        return text
+
+    return _run_job(args, make_config, run, summary)
 
 
 def _distill_lm(args: argparse.Namespace) -> int:
@@ -213,7 +256,55 @@ def _check(args: argparse.Namespace) -> int:
     return check()
 
 
-COMMANDS = {"check": _check, "distill": _distill, "distill-lm": _distill_lm}
+def _export(args: argparse.Namespace) -> int:
+    from kd_lib.export import export_classifier
+    from kd_lib.utils import quiet_hf
+
+    with quiet_hf():
+        record = export_classifier(args.source, args.output_dir, int8=args.int8,
+                                   which="teacher" if args.teacher else "student", task=args.task,
+                                   overwrite=args.overwrite)
+    check = record["check"]
+    print(f"{'int8' if record['int8'] else 'fp32'} ONNX model: {record['output_dir']} ({record['size_mb']:.1f} MB; "
+          f"PyTorch {record['pytorch_size_mb']:.1f} MB)")
+    print(f"checked on {check['examples']} {record['task']} {record['split']} sentences: accuracy "
+          f"{check['onnx_accuracy']:.4f} (PyTorch {check['pytorch_accuracy']:.4f}), same prediction "
+          f"{check['same_prediction']:.2%}, largest logit difference {check['max_abs_logit_diff']:.1e}")
+    return 0
+
+
+def _read_sentences(args: argparse.Namespace) -> list[str]:
+    if args.sentences and args.file:
+        raise ValueError("give sentences as arguments or --file, not both")
+    if args.sentences:
+        return list(args.sentences)
+    if args.file and args.file != "-":
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                return [line.rstrip("\n") for line in f if line.strip()]
+        except FileNotFoundError:
+            raise ValueError(f"--file {args.file}: no such file") from None
+    if args.file is None and sys.stdin.isatty():
+        raise ValueError("no sentences: give them as arguments, with --file, or one per line on stdin")
+    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from kd_lib.export import load_classifier, predict_texts
+
+    texts = _read_sentences(args)
+    model, tokenizer, _kind = load_classifier(args.model)
+    for p in predict_texts(model, tokenizer, texts, batch_size=args.batch_size, max_length=args.max_length):
+        if args.json:
+            print(json.dumps({"label": p.label, "probability": round(p.probability, 4), "text": p.text}))
+        else:
+            print(f"{p.label}\t{p.probability:.3f}\t{p.text}")
+    return 0
+
+
+COMMANDS = {"check": _check, "distill": _distill, "distill-lm": _distill_lm, "export": _export, "predict": _predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,7 @@ def pareto_front(accuracy: Sequence[float], *costs: Sequence[float]) -> list[boo
     Returns:
         ``[M]`` booleans, True for the models on the front.
 
-    Taught in notebook 07, section 6 (Speed and size, measured together).
+    Taught in notebook 07, section 7 (Speed and size, measured together).
     """
     if not costs:
         raise ValueError("pareto_front needs at least one cost (e.g. latency) besides the accuracy")
@@ -227,7 +227,7 @@ def count_params(model: nn.Module) -> int:
 def state_dict_mb(model: nn.Module) -> float:
     """Size in MB (10^6 bytes) of ``torch.save(model.state_dict())``, measured in memory.
 
-    Taught in notebook 07, section 6 (Speed and size, measured together).
+    Taught in notebook 07, section 7 (Speed and size, measured together).
     """
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -333,7 +333,7 @@ def alternating_medians(
     none always runs first and a slow moment of the machine hits all of them); returns the median of
     each part, per job.
 
-    Taught in notebook 07, section 6 (Speed and size, measured together).
+    Taught in notebook 07, section 7 (Speed and size, measured together).
     """
     for _ in range(warmup):
         for job in jobs.values():
