@@ -211,3 +211,14 @@ def test_benchmark_measures_the_five_models_side_by_side(fast_run, tmp_path):
     missing = subprocess.run([sys.executable, "benchmarks/bench_export.py", "--run", str(tmp_path / "none")], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "holds no finished run" in missing.stderr
+
+
+def test_profile_splits_the_forward_time_by_kind_of_operation(fast_run):
+    proc = subprocess.run([sys.executable, "benchmarks/profile_speed.py", "--run", str(fast_run), "--batches", "2",
+                           "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line[:18].strip(): line[18:].split() for line in proc.stdout.splitlines() if line[:18].strip()}
+    teacher, student = float(rows["total"][0]), float(rows["total"][1])
+    assert teacher > student > 0 and rows["total"][3] == "100%"
+    assert float(rows["matrix products"][1]) > 0.3 * student  # the bulk of an encoder's work
+    assert abs(sum(float(rows[k][1]) for k in rows if k not in ("total",) and len(rows[k]) == 4) - student) < 0.5
