@@ -1,0 +1,97 @@
+"""What a cheaper distillation step costs in accuracy, on the dev split -- never on validation.
+
+    python scripts/measure_levers.py [--seeds 0 1 2] [--output runs/levers.json] [--main-job-runs runs/distill]
+
+`benchmarks/bench.py --levers` times the levers that make a cached-logit step cheaper; this measures the
+one that changes what is learned: **freezing the student's token embeddings** (kept as copied from the
+teacher, left out of AdamW). For each seed the default student of ``python -m kd_lib distill`` is
+trained exactly as the main job trains it -- same teacher, cached logits, initialisation, batches and
+dropout -- once as it is and once with the embeddings frozen, and scored on
+``kd_lib.splits.dev_split("sst2")``; the paired difference over the seeds, with its 95 % t-interval,
+is printed. A main-job run given with ``--main-job-runs`` stands in for the unchanged student of its
+seed (it is the same student). Every result is stored in ``--output`` as soon as it finishes, so an
+interrupted run resumes. About 3 min per student on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from choose_recipe import main_job_student
+
+from kd_lib.cache import cached_logits
+from kd_lib.course.digits import paired_interval
+from kd_lib.data import EncodedDataset, load_task
+from kd_lib.distill import kd_from_cache
+from kd_lib.pipeline import config_from_preset
+from kd_lib.splits import check_disjoint, dev_split
+from kd_lib.students import choose_student_layers, distilbert_from_bert
+from kd_lib.teacher import finetuned_teacher
+from kd_lib.training import evaluate_accuracy, fit
+from kd_lib.utils import atomic_write_bytes, set_seed
+
+ARMS = ("as in the main job", "token embeddings frozen")
+
+
+def train_and_score(arm: str, seed: int, teacher, train, dev, logits) -> dict:
+    """The default student with ``seed``, trained as the main job does (``arm``: embeddings frozen or not)."""
+    config = config_from_preset("default", seed=seed)
+    start = time.perf_counter()
+    layers = choose_student_layers(config.student_layers, teacher.config.num_hidden_layers)
+    student = distilbert_from_bert(teacher, list(layers), seed=seed)
+    if arm == "token embeddings frozen":
+        student.get_input_embeddings().weight.requires_grad_(False)
+    set_seed(seed)
+    fit(student, train, kd_from_cache(logits, config.temperature, config.alpha), config.student_settings(),
+        seed=seed, progress=False, desc=arm)
+    return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": time.perf_counter() - start}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output", default="runs/levers.json")
+    parser.add_argument("--main-job-runs", nargs="*", default=[], metavar="DIR")
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    done = json.loads(out.read_text()) if out.is_file() else {}
+    config = config_from_preset("default")
+    teacher, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
+    teacher.eval()
+    train_rows = load_task("sst2", limit={"train": config.train_limit}, seed=config.teacher_seed)["train"]
+    check_disjoint(train_rows, "sst2")
+    train = EncodedDataset(train_rows, tokenizer, config.max_length)
+    dev = EncodedDataset(dev_split("sst2"), tokenizer, config.max_length)
+    logits, _ = cached_logits(teacher, train, out.parent / "recipe_search_logits.safetensors",
+                              {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},
+                              batch_size=64, progress=False)
+    for folder in args.main_job_runs:
+        seed, acc = main_job_student(Path(folder), dev)
+        done.setdefault(f"{ARMS[0]} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
+    for seed in args.seeds:
+        for arm in ARMS:
+            key = f"{arm} | seed {seed}"
+            if key not in done:
+                done[key] = train_and_score(arm, seed, teacher, train, dev, logits)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(out, json.dumps(done, indent=1).encode())
+            print(f"{key}: dev {done[key]['dev_accuracy']:.4f}", flush=True)
+    base = [done[f"{ARMS[0]} | seed {s}"]["dev_accuracy"] for s in args.seeds]
+    frozen = [done[f"{ARMS[1]} | seed {s}"]["dev_accuracy"] for s in args.seeds]
+    print(f"\ndev accuracy over seeds {args.seeds} ({len(dev)} sentences):")
+    for arm, values in zip(ARMS, (base, frozen), strict=True):
+        print(f"  {arm:<26}" + "  ".join(f"{v:.4f}" for v in values) + f"   mean {sum(values) / len(values):.4f}")
+    if len(args.seeds) > 1:
+        diff, low, high = paired_interval(frozen, base)
+        print(f"  frozen - as in the main job: {100 * diff:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
+              "(paired 95 % t-interval)")
+
+
+if __name__ == "__main__":
+    main()
