@@ -202,9 +202,10 @@ def two_rounds(names: list[str], incumbent: str, seeds: list[int], score, refere
     return chosen
 
 
-def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> str:
-    """The student search, results stored in ``out`` (see the module docstring); the chosen recipe."""
-    results = Results(out)
+def student_search_setup(folder: Path):
+    """``(teacher, train, dev, logits)`` of a student search: the default preset's teacher (cached, in eval
+    mode), its 8,000 training sentences (checked disjoint from dev), SST-2's dev split, and the teacher's
+    logits on the training sentences (cached in ``folder``)."""
     config = config_from_preset("default")
     teacher, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
     teacher.eval()
@@ -212,9 +213,16 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> str:
     check_disjoint(train_rows, "sst2")
     train = EncodedDataset(train_rows, tokenizer, config.max_length)
     dev = EncodedDataset(dev_split("sst2"), tokenizer, config.max_length)
-    logits, _ = cached_logits(teacher, train, out.parent / "recipe_search_logits.safetensors",
+    logits, _ = cached_logits(teacher, train, folder / "recipe_search_logits.safetensors",
                               {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},
                               batch_size=64, progress=False)
+    return teacher, train, dev, logits
+
+
+def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> str:
+    """The student search, results stored in ``out`` (see the module docstring); the chosen recipe."""
+    results = Results(out)
+    teacher, train, dev, logits = student_search_setup(out.parent)
     teacher_dev = evaluate_accuracy(teacher, dev)
     print(f"teacher on dev ({len(dev)} sentences): {teacher_dev:.4f}", flush=True)
     for folder in main_job_runs:  # the incumbent's runs, trained by the main job itself

@@ -23,16 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from choose_recipe import main_job_student
+from choose_recipe import main_job_student, student_search_setup
 
-from kd_lib.cache import cached_logits
 from kd_lib.course.digits import paired_interval
-from kd_lib.data import EncodedDataset, load_task
 from kd_lib.distill import kd_from_cache
 from kd_lib.pipeline import config_from_preset
-from kd_lib.splits import check_disjoint, dev_split
 from kd_lib.students import choose_student_layers, distilbert_from_bert
-from kd_lib.teacher import finetuned_teacher
 from kd_lib.training import evaluate_accuracy, fit
 from kd_lib.utils import atomic_write_bytes, set_seed
 
@@ -61,16 +57,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.output)
     done = json.loads(out.read_text()) if out.is_file() else {}
-    config = config_from_preset("default")
-    teacher, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
-    teacher.eval()
-    train_rows = load_task("sst2", limit={"train": config.train_limit}, seed=config.teacher_seed)["train"]
-    check_disjoint(train_rows, "sst2")
-    train = EncodedDataset(train_rows, tokenizer, config.max_length)
-    dev = EncodedDataset(dev_split("sst2"), tokenizer, config.max_length)
-    logits, _ = cached_logits(teacher, train, out.parent / "recipe_search_logits.safetensors",
-                              {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},
-                              batch_size=64, progress=False)
+    teacher, train, dev, logits = student_search_setup(out.parent)
     for folder in args.main_job_runs:
         seed, acc = main_job_student(Path(folder), dev)
         done.setdefault(f"{ARMS[0]} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
