@@ -16,6 +16,8 @@ from pathlib import Path
 __all__ = ["CheckResult", "collect_versions", "main", "print_versions", "run_checks"]
 
 PACKAGES = ("torch", "transformers", "datasets", "scikit-learn", "matplotlib", "nbval")
+# what `python -m kd_lib export` / `predict` need for ONNX models (checked, not printed in the notebooks' versions cell)
+EXPORT_PACKAGES = ("onnx", "onnxruntime")
 MIN_PYTHON = (3, 11)
 
 
@@ -110,6 +112,11 @@ def run_checks() -> list[CheckResult]:
             )
         else:
             results.append(CheckResult("fail", dist, "missing", "pip install -e ."))
+    for dist in EXPORT_PACKAGES:
+        version = _version(dist)
+        results.append(CheckResult("ok", dist, version) if version is not None else
+                       CheckResult("warn", dist, "missing (only needed by `export` and ONNX models in `predict`)",
+                                   "pip install -e ."))
 
     try:
         import torch
