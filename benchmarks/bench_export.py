@@ -6,7 +6,9 @@ accuracy and speed measured side by side in one process on this machine.
 Takes a finished run of ``python -m kd_lib distill`` (its fine-tuned teacher and its student), exports
 the teacher (fp32: the fairest baseline, the teacher on the same engine) and the student (fp32, int8)
 to ONNX Runtime afresh with :func:`kd_lib.export.export_classifier` (each checked against PyTorch on
-the validation split), then times all five models in alternation (:func:`kd_lib.evaluate.measure_speed`:
+the validation split), then times all five models -- and, as a sixth row, the int8 student with
+subnormal floats kept rather than flushed to zero (``OnnxClassifier(flush_denormal=False)``) -- in
+alternation (:func:`kd_lib.evaluate.measure_speed`:
 throughput at batch 64, latency at batch 1, median of ``--repeats`` rounds) with the same CPU threads.
 Prints a table and the course's targets (met or not, never asserted) and writes JSON.
 """
@@ -42,8 +44,12 @@ TARGETS = (  # (what, row, baseline row, column, at least)
 )
 
 
+KEPT = "  same, subnormals kept"  # the ablation row: int8 student without flushing subnormals to zero
+
+
 def load_models(run: Path, workdir: Path) -> tuple[dict, dict, EncodedDataset]:
-    """The five models by name, what each costs in accuracy and size, and the validation split."""
+    """The five models (and the int8 student with subnormals kept) by name, what each costs in accuracy and
+    size, and the validation split."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     models, facts = {}, {}
@@ -65,6 +71,10 @@ def load_models(run: Path, workdir: Path) -> tuple[dict, dict, EncodedDataset]:
             models[name] = OnnxClassifier(Path(record["output_dir"]) / "model.onnx")
             facts[name] = {"accuracy": record["check"]["onnx_accuracy"], "size_mb": record["size_mb"],
                            "max_abs_logit_diff": record["check"]["max_abs_logit_diff"]}
+    # the same int8 file with subnormal floats kept (OnnxClassifier flushes them to zero by default): what that buys
+    int8 = "student, ONNX Runtime int8"
+    models[KEPT] = OnnxClassifier(models[int8].path, flush_denormal=False)
+    facts[KEPT] = {**facts[int8], "accuracy": evaluate_accuracy(models[KEPT], data)}
     return models, facts, data
 
 

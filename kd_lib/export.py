@@ -68,6 +68,17 @@ class ExportCheckError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_json(path: Path, fix: str) -> dict:
+    """The JSON object in ``path``; ``ValueError`` naming the file and ``fix`` if it is unreadable or not an object."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}): {fix}") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path} is damaged (a JSON {type(found).__name__}, not an object): {fix}")
+    return found
+
+
 def find_model_dir(path: str | os.PathLike, which: str = "student") -> tuple[Path, dict]:
     """The model folder ``path`` names, and what the run beside it says (``{}`` if nothing).
 
@@ -90,7 +101,8 @@ def find_model_dir(path: str | os.PathLike, which: str = "student") -> tuple[Pat
         raise ValueError(f"{path} is a file: give the folder that holds config.json and the weights")
     run = {}
     if (path / "results.json").is_file():
-        run = json.loads((path / "results.json").read_text())
+        run = _read_json(path / "results.json", "re-run `python -m kd_lib distill` with --overwrite to rebuild it, "
+                         "or give the model folder itself (e.g. runs/distill/student)")
         if "teacher" not in run or "task" not in run:
             raise ValueError(f"{path}/results.json is not a `python -m kd_lib distill` run (no task or teacher): "
                              "give the model folder itself")
@@ -107,7 +119,7 @@ def find_model_dir(path: str | os.PathLike, which: str = "student") -> tuple[Pat
 
 
 def _check_classifier_config(folder: Path) -> dict:
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_json(folder / "config.json", "restore the folder (re-run the job or the export that wrote it)")
     architectures = config.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ValueError(f"{folder} holds a {', '.join(architectures) or 'model of unknown architecture'}, not a "
@@ -124,10 +136,17 @@ class OnnxClassifier(nn.Module):
     classes). ONNX Runtime uses ``threads`` CPU threads (default: PyTorch's count), so a comparison
     with a PyTorch model runs on the same cores.
 
+    With ``flush_denormal`` (the default) subnormal floats -- nonzero numbers below 1.2e-38, which x86
+    CPUs compute with far more slowly than with normal ones -- are flushed to zero, in ONNX Runtime's
+    threads and, while the session runs, in the calling thread (``torch.set_flush_denormal``; PyTorch's
+    default, no flushing, is restored after each call). Outputs move by far less than any tolerance here;
+    on the course's 2-core CPU the int8 student runs faster with it (``benchmarks/bench_export.py`` times
+    both settings).
+
     Taught in notebook 07, section 6 (Shipping it: ONNX Runtime).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, flush_denormal: bool = True) -> None:
         super().__init__()
         import onnxruntime as ort
         from transformers import AutoConfig
@@ -140,6 +159,8 @@ class OnnxClassifier(nn.Module):
         # no busy-waiting between calls: a spinning thread pool would steal the cores of whatever runs next
         # (a PyTorch model timed in alternation, the tokenizer)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.set_denormal_as_zero", "1" if flush_denormal else "0")
+        self.flush_denormal = flush_denormal
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         self.config = AutoConfig.from_pretrained(path.parent) if (path.parent / "config.json").is_file() else None
@@ -152,7 +173,13 @@ class OnnxClassifier(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         feed = {"input_ids": input_ids.cpu().numpy().astype("int64"),
                 "attention_mask": attention_mask.cpu().numpy().astype("int64")}
-        (logits,) = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})
+        if self.flush_denormal:
+            torch.set_flush_denormal(True)  # the calling thread computes part of every operator too
+        try:
+            (logits,) = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self._inputs})
+        finally:
+            if self.flush_denormal:
+                torch.set_flush_denormal(False)
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
     def size_mb(self) -> float:
@@ -178,7 +205,8 @@ def load_classifier(folder: str | os.PathLike):
     with quiet_hf():
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if (folder / ONNX_FILE).is_file():
-            record = json.loads((folder / RECORD_FILE).read_text()) if (folder / RECORD_FILE).is_file() else {}
+            record = (_read_json(folder / RECORD_FILE, "export the model again with `python -m kd_lib export`")
+                      if (folder / RECORD_FILE).is_file() else {})
             return OnnxClassifier(folder / ONNX_FILE), tokenizer, "onnx-int8" if record.get("int8") else "onnx"
         if not (folder / "model.safetensors").is_file():
             raise ValueError(f"{folder} has config.json but no model.safetensors or {ONNX_FILE}")

@@ -105,6 +105,17 @@ def test_int8_check_compares_accuracy_against_the_stated_drop():
     assert INT8_MAX_DROP == 0.005
 
 
+def test_flushing_subnormals_changes_no_logit_and_restores_pytorch(tiny_classifier, tmp_path):
+    exported = Path(export_classifier(tiny_classifier, tmp_path / "onnx", int8=True)["output_dir"])
+    ids = torch.randint(5, 100, (4, 9))
+    mask = torch.ones_like(ids)
+    flushed = OnnxClassifier(exported / ONNX_FILE)(ids, mask).logits
+    kept = OnnxClassifier(exported / ONNX_FILE, flush_denormal=False)(ids, mask).logits
+    assert torch.allclose(flushed, kept, atol=1e-6)
+    # after the call this thread keeps subnormals again (PyTorch's default): 1e-40 survives a multiplication
+    assert (torch.tensor([1e-40]) * torch.tensor([1.0])).item() > 0
+
+
 def test_predict_labels_sentences_with_pytorch_and_onnx_alike(tiny_classifier, tmp_path):
     exported = Path(export_classifier(tiny_classifier, tmp_path / "onnx")["output_dir"])
     results = {}
@@ -127,13 +138,20 @@ def test_predict_labels_sentences_with_pytorch_and_onnx_alike(tiny_classifier, t
     (["export", "{missing}"], "does not exist"),
     (["export", "{tiny}", "--teacher"], "--teacher needs a run folder"),
     (["export", "{tiny}", "--task", "imdb"], "--task 'imdb' is not a course task"),
+    (["predict", "{bad_run}", "hello"], "results.json is damaged (Expecting value"),
+    (["export", "{bad_run}"], "re-run `python -m kd_lib distill` with --overwrite"),
+    (["predict", "{bad_config}", "hello"], "config.json is damaged (a JSON list, not an object)"),
 ])
 def test_bad_input_ends_in_one_error_line(argv, message, tiny_classifier, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "bad_run").mkdir()
+    (tmp_path / "bad_run" / "results.json").write_text("")  # e.g. a disk that filled up
+    (tmp_path / "bad_config").mkdir()
+    (tmp_path / "bad_config" / "config.json").write_text("[1, 2]")
     names = {"missing": tmp_path / "nothing-here", "empty_dir": tmp_path / "empty", "lm": tmp_path / "lm",
-             "tiny": tiny_classifier}
+             "tiny": tiny_classifier, "bad_run": tmp_path / "bad_run", "bad_config": tmp_path / "bad_config"}
     assert main([a.format(**names) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
@@ -196,8 +214,10 @@ def test_benchmark_measures_the_five_models_side_by_side(fast_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     bench = json.loads(out.read_text())
     names = ["teacher, PyTorch fp32", "teacher, ONNX Runtime fp32", "student, PyTorch fp32",
-             "student, ONNX Runtime fp32", "student, ONNX Runtime int8"]
+             "student, ONNX Runtime fp32", "student, ONNX Runtime int8", "  same, subnormals kept"]
     assert list(bench["rows"]) == names and all(name in proc.stdout for name in names)
+    kept = bench["rows"]["  same, subnormals kept"]  # the same file: flushing subnormals moves no prediction here
+    assert kept["accuracy"] == bench["rows"]["student, ONNX Runtime int8"]["accuracy"]
     rows = bench["rows"]
     for who in ("teacher", "student"):  # fp32 ONNX: PyTorch's predictions
         pytorch = rows[f"{who}, PyTorch fp32"]["accuracy"]
@@ -222,3 +242,17 @@ def test_profile_splits_the_forward_time_by_kind_of_operation(fast_run):
     assert teacher > student > 0 and rows["total"][3] == "100%"
     assert float(rows["matrix products"][1]) > 0.3 * student  # the bulk of an encoder's work
     assert abs(sum(float(rows[k][1]) for k in rows if k not in ("total",) and len(rows[k]) == 4) - student) < 0.5
+
+
+def test_onnx_profile_splits_the_int8_time_by_operator(fast_run):
+    proc = subprocess.run([sys.executable, "benchmarks/profile_onnx.py", "--run", str(fast_run), "--batches", "2",
+                           "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line[:28].strip(): line[28:].split() for line in proc.stdout.splitlines()[3:] if line[:28].strip()}
+    assert {"QAttention", "DynamicQuantizeMatMul", "SkipLayerNormalization", "total"} <= set(rows)
+    kept, flushed = (sum(float(r[i]) for op, r in rows.items() if op != "total") for i in (0, 1))
+    assert abs(kept - float(rows["total"][0])) < 0.05 and abs(flushed - float(rows["total"][1])) < 0.05
+    assert rows["total"][3] == "100%" and float(rows["QAttention"][0]) > 0
+    missing = subprocess.run([sys.executable, "benchmarks/profile_onnx.py", "--run", str(fast_run / "nothing")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "holds no finished run" in missing.stderr
