@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 
 __all__ = ["EXPECTED", "check_main", "distill_lm_main", "distill_main", "issues_url", "main", "report_error"]
 
@@ -219,6 +220,10 @@ def _distill(args: argparse.Namespace) -> int:
         text = (f"{results_table(results)}\n\nretention {results['retention']:.3f}, speed-up "
                 f"{results['speedup']:.2f}×; results.json, report.md, results.png and student/ are in "
                 f"{args.output_dir}")
+        earlier = Path(args.output_dir) / "onnx-int8"
+        if not args.export and earlier.is_dir():  # results.json was just rewritten without its entry
+            text += (f"\nnote: {earlier} is left from an earlier --export and results.json no longer reports it: "
+                     "add --export to export this run's student again, or delete the folder")
         if args.export:  # the shipped student: exported once the run is complete (rank 0)
             from kd_lib.export import export_run
             from kd_lib.utils import quiet_hf

@@ -256,3 +256,17 @@ def test_onnx_profile_splits_the_int8_time_by_operator(fast_run):
     missing = subprocess.run([sys.executable, "benchmarks/profile_onnx.py", "--run", str(fast_run / "nothing")],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "holds no finished run" in missing.stderr
+
+
+def test_a_rerun_without_export_names_the_stale_onnx_folder(fast_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(fast_run, copy)  # finished: the re-run only rewrites results.json, without the export's entry
+    assert main(["distill", "--preset", "fast", "--output-dir", str(copy), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {copy / 'onnx-int8'} is left from an earlier --export" in out
+    assert "student_int8_onnx" not in json.loads((copy / "results.json").read_text())
+    shutil.rmtree(copy / "onnx-int8")
+    assert main(["distill", "--preset", "fast", "--output-dir", str(copy), "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().out
