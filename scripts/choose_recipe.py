@@ -1,13 +1,19 @@
 """Choose the main job's recipes on the dev split -- never on validation or test.
 
-    python scripts/choose_recipe.py [--output runs/recipe_search.json] [--seeds 0 1 2]
+    python scripts/choose_recipe.py [--output runs/recipe_search.json] [--seeds 0 1 2] [--candidates NAME ...]
     python scripts/choose_recipe.py --what teacher [--task sst2|ag_news] [--seeds 0 1 2]
 
 ``--what student`` (the default): the default preset's teacher (cached in $KD_CACHE_DIR, fine-tuned
 if missing) labels its 8,000 training sentences once; then the 3-layer student of
 ``python -m kd_lib distill`` is trained with each candidate recipe exactly as the main job trains
 it, and scored on the dev split (``kd_lib.splits.dev_split("sst2")``, 1,000 sentences carved from
-the training file, disjoint from the 8,000). About 7 min per training run on a 2-core CPU.
+the training file, disjoint from the 8,000). About 3 to 7 min per training run on a 2-core CPU.
+The candidates vary the temperature and alpha and, with ``+ transfer``, add a *transfer set*: the
+rows of the seed-0 draw of 16,000 training rows beyond the 8,000 (7,307 of them once the rows sharing
+a phrase of 4+ words with a dev sentence are dropped, so that dev stays unseen), labels withheld,
+learned from the teacher's soft targets only (``kd_lib.transfer``); one epoch over both is about the
+incumbent's number of steps, two epochs twice that. ``--candidates`` limits round 1 to the named
+challengers.
 
 ``--what teacher``: the teacher's fine-tuning learning rate -- the default preset's SST-2 teacher
 (8,000 sentences, 1 epoch) or, with ``--task ag_news``, notebook 04's AG News teacher (2,000
@@ -41,16 +47,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from kd_lib.cache import cached_logits
 from kd_lib.course.digits import paired_interval
 from kd_lib.data import TASKS, EncodedDataset, load_task
 from kd_lib.distill import kd_from_cache
 from kd_lib.models import load_teacher
 from kd_lib.pipeline import config_from_preset
-from kd_lib.splits import check_disjoint, dev_split
+from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, check_disjoint, dev_split
 from kd_lib.students import choose_student_layers, distilbert_from_bert
 from kd_lib.teacher import TeacherRecipe, finetuned_teacher
 from kd_lib.training import ce_loss, evaluate_accuracy, fit
+from kd_lib.transfer import few_label_dataset, kd_with_transfer
 from kd_lib.utils import atomic_write_bytes, quiet_hf, set_seed
 
 INCUMBENT = "T=2, α=0.5, 2 epochs"
@@ -59,6 +68,11 @@ CANDIDATES: dict[str, dict] = {
     "T=1, α=0.5, 2 epochs": {"temperature": 1.0, "alpha": 0.5, "epochs": 2},
     "T=4, α=0.5, 2 epochs": {"temperature": 4.0, "alpha": 0.5, "epochs": 2},
     "T=2, α=0.9, 2 epochs": {"temperature": 2.0, "alpha": 0.9, "epochs": 2},
+    # the same number of steps as the incumbent: one epoch over the 8,000 labelled sentences and about
+    # 8,000 more that only the teacher labels (see transfer_set)
+    "T=2, α=0.5, 1 epoch, + transfer": {"temperature": 2.0, "alpha": 0.5, "epochs": 1, "transfer": 16000},
+    # and twice the steps (over the main job's 15-minute budget: to see whether more data pays at all)
+    "T=2, α=0.5, 2 epochs, + transfer": {"temperature": 2.0, "alpha": 0.5, "epochs": 2, "transfer": 16000},
 }
 TEACHER_INCUMBENT = "lr 1e-4"
 TEACHER_CANDIDATES: dict[str, dict] = {
@@ -70,17 +84,70 @@ def _key(name: str, seed: int) -> str:
     return f"{name} | seed {seed}"
 
 
-def _train_and_score(name: str, seed: int, teacher, train, dev, logits) -> dict:
-    """Train the default student with recipe ``name`` and ``seed``; its dev accuracy and wall time."""
-    recipe = CANDIDATES[name]
+def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
+    """The default student trained with recipe ``name`` and ``seed`` as the search trains it, and the seconds
+    its training took (the transfer set's teacher logits, cached in ``folder``, not included)."""
+    recipe = dict(CANDIDATES[name])
+    pool = recipe.pop("transfer", None)
     config = config_from_preset("default", seed=seed, **recipe)
+    objective = kd_from_cache(logits, recipe["temperature"], recipe["alpha"])
+    if pool is not None:
+        train, objective = transfer_set(teacher, logits, pool, folder, recipe)
     start = time.perf_counter()
     layers = choose_student_layers(config.student_layers, teacher.config.num_hidden_layers)
     student = distilbert_from_bert(teacher, list(layers), seed=seed)
     set_seed(seed)
-    objective = kd_from_cache(logits, recipe["temperature"], recipe["alpha"])
     fit(student, train, objective, config.student_settings(), seed=seed, progress=False, desc=name)
-    return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": time.perf_counter() - start}
+    return student, time.perf_counter() - start
+
+
+def _train_and_score(name: str, seed: int, teacher, train, dev, logits, folder: Path) -> dict:
+    """Train the default student with recipe ``name`` and ``seed``; its dev accuracy and wall time."""
+    student, wall_s = train_student(name, seed, teacher, train, logits, folder)
+    return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": wall_s}
+
+
+def transfer_rows(pool_size: int, dev_texts: list[str]):
+    """The rows of the seed-0 draw of ``pool_size`` training rows that are not in the default 8,000, less
+    those that share a phrase of ``PHRASE_WORDS``+ words with a dev sentence (a phrase of a dev sentence, or
+    a row containing one), so that dev stays unseen: a ``datasets.Dataset``, and how many were dropped."""
+    labelled = set(load_task("sst2", limit={"train": DEFAULT_TRAIN_LIMIT}, seed=0)["train"]["idx"])
+    pool = load_task("sst2", limit={"train": pool_size}, seed=0)["train"]
+    check_disjoint(pool, "sst2")
+    dev_phrases = {" ".join(w[i:j]) for t in dev_texts for w in [t.split()]
+                   for i in range(len(w)) for j in range(i + PHRASE_WORDS, len(w) + 1)}
+    dev_whole = set(dev_texts)
+
+    def overlaps(text: str) -> bool:
+        w = text.split()
+        if len(w) >= PHRASE_WORDS and text in dev_phrases:
+            return True
+        return any(" ".join(w[i:j]) in dev_whole for i in range(len(w)) for j in range(i + 1, len(w) + 1))
+
+    new = [k for k, i in enumerate(pool["idx"]) if i not in labelled]
+    keep = [k for k in new if not overlaps(pool[k]["text"])]
+    return pool.select(keep), len(new) - len(keep)
+
+
+def transfer_set(teacher, logits, pool_size: int, folder: Path, recipe: dict):
+    """``(dataset, objective)``: the default 8,000 labelled sentences followed by the transfer rows of
+    :func:`transfer_rows` with their labels withheld (``few_label_dataset``), and ``kd_with_transfer``
+    over the teacher's logits on both (``logits``: the 8,000's; the transfer rows' cached in ``folder``)."""
+    from datasets import concatenate_datasets
+
+    config = config_from_preset("default")
+    _, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
+    labelled = load_task("sst2", limit={"train": config.train_limit}, seed=config.teacher_seed)["train"]
+    rows, dropped = transfer_rows(pool_size, list(dev_split("sst2")["text"]))
+    extra_logits, _ = cached_logits(teacher, EncodedDataset(rows, tokenizer, config.max_length),
+                                    folder / f"recipe_search_transfer{pool_size}_logits.safetensors",
+                                    {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},
+                                    batch_size=64, progress=False)
+    print(f"  transfer set: {len(rows)} sentences ({dropped} dropped for sharing a phrase with dev)", flush=True)
+    both = concatenate_datasets([labelled, rows])
+    n = len(labelled)
+    data = EncodedDataset(few_label_dataset(both, range(n), range(n, len(both))), tokenizer, config.max_length)
+    return data, kd_with_transfer(torch.cat([logits, extra_logits]), recipe["temperature"], recipe["alpha"])
 
 
 def incumbent_teacher_recipe(task: str) -> TeacherRecipe:
@@ -120,6 +187,8 @@ def main(argv=None) -> None:
     parser.add_argument("--task", choices=sorted(TASKS), default="sst2", help="the teacher's task (--what teacher)")
     parser.add_argument("--output", help="default: runs/recipe_search.json, runs/teacher_search_<task>.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--candidates", nargs="+", metavar="NAME",
+                        help="students only: round 1's challengers (default: every one; the incumbent always runs)")
     parser.add_argument("--main-job-runs", nargs="*", default=[], metavar="DIR",
                         help="output folders of `python -m kd_lib distill --seed S` (default preset): their KD "
                              "students are the incumbent's runs, scored on dev instead of trained again")
@@ -128,13 +197,18 @@ def main(argv=None) -> None:
         parser.error("--main-job-runs applies to --what student only")
     if args.what == "student" and args.task != "sst2":
         parser.error("--task applies to --what teacher only: the main job's student is distilled on sst2")
+    unknown = sorted(set(args.candidates or []) - set(CANDIDATES))
+    if args.what == "teacher" and args.candidates:
+        parser.error("--candidates applies to --what student only")
+    if unknown:
+        parser.error(f"--candidates: unknown {unknown}; choose from {list(CANDIDATES)}")
     if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds needs at least 2 different seeds for the paired interval; got {args.seeds}")
     default = "runs/recipe_search.json" if args.what == "student" else f"runs/teacher_search_{args.task}.json"
     out = Path(args.output or default)
     with quiet_hf():
         if args.what == "student":
-            search(out, args.seeds, [Path(d) for d in args.main_job_runs])
+            search(out, args.seeds, [Path(d) for d in args.main_job_runs], args.candidates)
         else:
             search_teacher(out, args.task, args.seeds)
 
@@ -219,7 +293,7 @@ def student_search_setup(folder: Path):
     return teacher, train, dev, logits
 
 
-def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> str:
+def search(out: Path, seeds: list[int], main_job_runs: list[Path], candidates: list[str] | None = None) -> str:
     """The student search, results stored in ``out`` (see the module docstring); the chosen recipe."""
     results = Results(out)
     teacher, train, dev, logits = student_search_setup(out.parent)
@@ -236,10 +310,11 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path]) -> str:
         results.put(INCUMBENT, seed, {"dev_accuracy": acc, "from": str(folder), **(known or {})})
 
     def score(name: str, seed: int) -> float:
-        run = lambda: _train_and_score(name, seed, teacher, train, dev, logits)  # noqa: E731
+        run = lambda: _train_and_score(name, seed, teacher, train, dev, logits, out.parent)  # noqa: E731
         return results.get(name, seed, run)["dev_accuracy"]
 
-    return two_rounds(list(CANDIDATES), INCUMBENT, seeds, score, teacher_dev)
+    names = [INCUMBENT] + [n for n in CANDIDATES if n != INCUMBENT and (candidates is None or n in candidates)]
+    return two_rounds(names, INCUMBENT, seeds, score, teacher_dev)
 
 
 def search_teacher(out: Path, task: str, seeds: list[int]) -> str:

@@ -2,15 +2,19 @@
 
     python scripts/measure_levers.py [--seeds 0 1 2] [--output runs/levers.json] [--main-job-runs runs/distill]
 
-`benchmarks/bench.py --levers` times the levers that make a cached-logit step cheaper; this measures the
-one that changes what is learned: **freezing the student's token embeddings** (kept as copied from the
-teacher, left out of AdamW). For each seed the default student of ``python -m kd_lib distill`` is
-trained exactly as the main job trains it -- same teacher, cached logits, initialisation, batches and
-dropout -- once as it is and once with the embeddings frozen, and scored on
-``kd_lib.splits.dev_split("sst2")``; the paired difference over the seeds, with its 95 % t-interval,
-is printed. A main-job run given with ``--main-job-runs`` stands in for the unchanged student of its
-seed (it is the same student). Every result is stored in ``--output`` as soon as it finishes, so an
-interrupted run resumes. About 3 min per student on a 2-core CPU.
+`benchmarks/bench.py --levers` times the levers that make a cached-logit step cheaper; this measures what
+they cost in accuracy: **freezing the student's token embeddings** (kept as copied from the teacher,
+left out of AdamW), which changes what is learned, and **PyTorch's fused AdamW kernel**
+(``torch.optim.AdamW(fused=True)``, the same parameter groups, rates and decay as
+``kd_lib.training.adamw``), which should change only rounding -- measured here, before the library's
+one optimizer (and so every notebook) changes, by swapping ``kd_lib.training.adamw`` for the fused
+version while this script trains (:func:`fused_adamw`). For each seed the default student of
+``python -m kd_lib distill`` is trained exactly as the main job trains it -- same teacher, cached
+logits, initialisation, batches and dropout -- as it is and with each lever, and scored on
+``kd_lib.splits.dev_split("sst2")``; the paired difference to the unchanged student over the seeds,
+with its 95 % t-interval, is printed. A main-job run given with ``--main-job-runs`` stands in for the
+unchanged student of its seed (it is the same student). Every result is stored in ``--output`` as soon
+as it finishes, so an interrupted run resumes. About 3 min per student on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -19,20 +23,42 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from choose_recipe import main_job_student, student_search_setup
 
+from kd_lib import training
 from kd_lib.course.digits import paired_interval
 from kd_lib.distill import kd_from_cache
 from kd_lib.pipeline import config_from_preset
 from kd_lib.students import choose_student_layers, distilbert_from_bert
 from kd_lib.training import evaluate_accuracy, fit
-from kd_lib.utils import atomic_write_bytes, set_seed
+from kd_lib.utils import atomic_write_bytes, quiet_hf, set_seed
 
-ARMS = ("as in the main job", "token embeddings frozen")
+ARMS = ("as in the main job", "token embeddings frozen", "fused AdamW")
+
+
+@contextmanager
+def fused_adamw():
+    """While the block runs, :func:`kd_lib.training.adamw` (which ``fit`` calls) builds PyTorch's fused AdamW
+    over the same parameter groups, learning rate and weight decay."""
+    original = training.adamw
+
+    def fused(model, settings):
+        plain = original(model, settings).param_groups
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in plain]
+        return torch.optim.AdamW(groups, lr=settings.lr, fused=True)
+
+    training.adamw = fused
+    try:
+        yield
+    finally:
+        training.adamw = original
 
 
 def train_and_score(arm: str, seed: int, teacher, train, dev, logits) -> dict:
@@ -44,8 +70,9 @@ def train_and_score(arm: str, seed: int, teacher, train, dev, logits) -> dict:
     if arm == "token embeddings frozen":
         student.get_input_embeddings().weight.requires_grad_(False)
     set_seed(seed)
-    fit(student, train, kd_from_cache(logits, config.temperature, config.alpha), config.student_settings(),
-        seed=seed, progress=False, desc=arm)
+    with fused_adamw() if arm == "fused AdamW" else nullcontext():
+        fit(student, train, kd_from_cache(logits, config.temperature, config.alpha), config.student_settings(),
+            seed=seed, progress=False, desc=arm)
     return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": time.perf_counter() - start}
 
 
@@ -57,7 +84,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.output)
     done = json.loads(out.read_text()) if out.is_file() else {}
-    teacher, train, dev, logits = student_search_setup(out.parent)
+    with quiet_hf():  # transformers' load report
+        teacher, train, dev, logits = student_search_setup(out.parent)
     for folder in args.main_job_runs:
         seed, acc = main_job_student(Path(folder), dev)
         done.setdefault(f"{ARMS[0]} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
@@ -69,14 +97,13 @@ def main(argv=None) -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(out, json.dumps(done, indent=1).encode())
             print(f"{key}: dev {done[key]['dev_accuracy']:.4f}", flush=True)
-    base = [done[f"{ARMS[0]} | seed {s}"]["dev_accuracy"] for s in args.seeds]
-    frozen = [done[f"{ARMS[1]} | seed {s}"]["dev_accuracy"] for s in args.seeds]
+    accs = {arm: [done[f"{arm} | seed {s}"]["dev_accuracy"] for s in args.seeds] for arm in ARMS}
     print(f"\ndev accuracy over seeds {args.seeds} ({len(dev)} sentences):")
-    for arm, values in zip(ARMS, (base, frozen), strict=True):
+    for arm, values in accs.items():
         print(f"  {arm:<26}" + "  ".join(f"{v:.4f}" for v in values) + f"   mean {sum(values) / len(values):.4f}")
-    if len(args.seeds) > 1:
-        diff, low, high = paired_interval(frozen, base)
-        print(f"  frozen - as in the main job: {100 * diff:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
+    for arm in ARMS[1:] if len(args.seeds) > 1 else ():
+        diff, low, high = paired_interval(accs[arm], accs[ARMS[0]])
+        print(f"  {arm} - {ARMS[0]}: {100 * diff:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
               "(paired 95 % t-interval)")
 
 

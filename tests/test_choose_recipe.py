@@ -95,3 +95,32 @@ def test_bad_arguments_are_refused_by_name(script, capsys, argv, message):
     with pytest.raises(SystemExit):
         script.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_the_transfer_set_stays_clear_of_the_labelled_rows_and_of_dev(script):
+    from kd_lib.data import load_task
+    from kd_lib.splits import check_disjoint, dev_split
+
+    dev = list(dev_split("sst2")["text"])
+    rows, dropped = script.transfer_rows(16000, dev)
+    labelled = set(load_task("sst2", limit={"train": 8000}, seed=0)["train"]["idx"])
+    assert len(rows) + dropped == 16000 - 8000 and (len(rows), dropped) == (7307, 693)
+    assert not labelled & set(rows["idx"]) and len(set(rows["idx"])) == len(rows)
+    check_disjoint(rows, "sst2")
+    # by plain substring search (not the script's word n-grams): no kept row of 4+ words is part of a dev
+    # sentence, and no dev sentence is part of a kept row
+    corpus = "\n".join(dev)
+    long = [t for t in rows["text"] if len(t.split()) >= 4]
+    assert not [t for t in long if f" {t} " in f" {corpus.replace(chr(10), ' ' + chr(10) + ' ')} "]
+    kept = "\n".join(rows["text"])
+    assert not [d for d in dev if d in kept]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--candidates", "T=9"], "--candidates: unknown ['T=9']"),
+    (["--what", "teacher", "--candidates", "T=1, α=0.5, 2 epochs"], "--candidates applies to --what student only"),
+])
+def test_bad_candidates_are_refused_by_name(script, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        script.main(argv)
+    assert message in capsys.readouterr().err
