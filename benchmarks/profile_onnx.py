@@ -13,7 +13,6 @@ Printed, not asserted.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -22,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-from kd_lib.data import EncodedDataset, eval_split, load_task
 from kd_lib.export import ONNX_FILE, export_classifier
 from kd_lib.utils import quiet_hf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_speed import parse_run_args, validation_batches
 
 WARMUP = 2  # untimed runs before the profiled ones
 
@@ -60,24 +61,10 @@ def profile_ms(path: Path, batches: list[dict], flush: bool, workdir: Path) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/distill", help="a finished `python -m kd_lib distill` run")
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args(argv)
-    results_path = Path(args.run) / "results.json"
-    if not results_path.is_file():
-        print(f"error: {args.run} holds no finished run (no results.json): run `python -m kd_lib distill` first",
-              file=sys.stderr)
+    args, run = parse_run_args(__doc__.split("\n\n")[0], argv)
+    if run is None:
         return 2
-    from transformers import AutoTokenizer
-
-    run = json.loads(results_path.read_text())
-    with quiet_hf():
-        tokenizer = AutoTokenizer.from_pretrained(Path(args.run) / "student")
-    data = EncodedDataset(load_task(run["task"])[eval_split(run["task"])], tokenizer, run["config"]["max_length"])
-    loader = iter(data.loader(args.batch_size))
-    batches = [next(loader) for _ in range(min(args.batches, len(data) // args.batch_size))]
+    data, batches = validation_batches(args, run)
     with tempfile.TemporaryDirectory() as tmp, quiet_hf():
         record = export_classifier(Path(args.run), Path(tmp) / "int8", int8=True, check_data=data)
         path = Path(record["output_dir"]) / ONNX_FILE

@@ -51,10 +51,10 @@ def profile_ms(model, batches: list[dict]) -> dict[str, float]:
     return dict(totals)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_run_args(description: str, argv: list[str] | None):
+    """``--run``, ``--batches`` and ``--batch-size`` of a profiling script; ``(args, run)`` with the run's
+    results.json, or ``(args, None)`` after printing the error when the folder holds no finished run."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--run", default="runs/distill", help="a finished `python -m kd_lib distill` run")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -63,15 +63,32 @@ def main(argv: list[str] | None = None) -> int:
     if not results_path.is_file():
         print(f"error: {args.run} holds no finished run (no results.json): run `python -m kd_lib distill` first",
               file=sys.stderr)
-        return 2
-    run = json.loads(results_path.read_text())
+        return args, None
+    return args, json.loads(results_path.read_text())
+
+
+def validation_batches(args, run: dict) -> tuple[EncodedDataset, list[dict]]:
+    """The run's validation split (tokenised by its student's tokenizer) and its first ``args.batches``
+    batches of ``args.batch_size`` (dynamic padding, file order)."""
+    from transformers import AutoTokenizer
+
     with quiet_hf():
-        models = {"teacher": AutoModelForSequenceClassification.from_pretrained(run["teacher"]["folder"]).eval(),
-                  "student": AutoModelForSequenceClassification.from_pretrained(Path(args.run) / "student").eval()}
         tokenizer = AutoTokenizer.from_pretrained(Path(args.run) / "student")
     data = EncodedDataset(load_task(run["task"])[eval_split(run["task"])], tokenizer, run["config"]["max_length"])
     loader = iter(data.loader(args.batch_size))
-    batches = [next(loader) for _ in range(min(args.batches, len(data) // args.batch_size))]
+    return data, [next(loader) for _ in range(min(args.batches, len(data) // args.batch_size))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import AutoModelForSequenceClassification
+
+    args, run = parse_run_args(__doc__.split("\n\n")[0], argv)
+    if run is None:
+        return 2
+    with quiet_hf():
+        models = {"teacher": AutoModelForSequenceClassification.from_pretrained(run["teacher"]["folder"]).eval(),
+                  "student": AutoModelForSequenceClassification.from_pretrained(Path(args.run) / "student").eval()}
+    _, batches = validation_batches(args, run)
     ms = {name: profile_ms(model, batches) for name, model in models.items()}
     kinds = [kind for kind, _ in KINDS] + ["everything else"]
     print(f"{torch.get_num_threads()} threads, {len(batches)} batches of {args.batch_size}; ms per batch (CPU time)\n")
