@@ -134,9 +134,10 @@ def transfer_set(teacher, logits, pool_size: int, folder: Path, recipe: dict):
     :func:`transfer_rows` with their labels withheld (``few_label_dataset``), and ``kd_with_transfer``
     over the teacher's logits on both (``logits``: the 8,000's; the transfer rows' cached in ``folder``)."""
     from datasets import concatenate_datasets
+    from transformers import AutoTokenizer
 
     config = config_from_preset("default")
-    _, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(teacher.name_or_path)  # the cached teacher's folder, not loaded again
     labelled = load_task("sst2", limit={"train": config.train_limit}, seed=config.teacher_seed)["train"]
     rows, dropped = transfer_rows(pool_size, list(dev_split("sst2")["text"]))
     extra_logits, _ = cached_logits(teacher, EncodedDataset(rows, tokenizer, config.max_length),
