@@ -55,6 +55,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     precision.add_argument("--fp16", action="store_true", help="float16 mixed precision with loss scaling (CUDA GPUs)")
     p.add_argument("--grad-accum", type=int, default=None,
                    help="micro-batches per optimizer step (default 1); --batch-size counts the whole step")
+    p.add_argument("--no-fused-adamw", action="store_true",
+                   help="update the students' parameters one tensor at a time (PyTorch's default AdamW) instead "
+                        "of in one fused kernel: the same update up to rounding, slower on a CPU")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="also checkpoint every N optimizer steps (default: every epoch only)")
     p.add_argument("--resume", action="store_true",
@@ -214,6 +217,7 @@ def _distill(args: argparse.Namespace) -> int:
             temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
             max_length=args.max_length, seed=args.seed, teacher_seed=args.teacher_seed,
             device=args.device, backend=args.backend, grad_accum=args.grad_accum, precision=precision,
+            fused_adamw=False if args.no_fused_adamw else None,
         )
 
     def summary(results: dict) -> str:

@@ -1,12 +1,11 @@
 """What every resumable job of the course shares: its ``state.json``, its output folder, its run options.
 
-A job (``python -m kd_lib distill-lm``, :mod:`kd_lib.llm_pipeline`) is a sequence of stages. Each
+A job (``python -m kd_lib distill`` or ``distill-lm``) is a sequence of stages. Each
 finished stage is recorded in ``output_dir/state.json`` together with the job's settings, written
 atomically by rank 0; a re-run with the same settings skips the finished stages, and a re-run with
 other settings is refused rather than mixing two runs' results.
 
-(:mod:`kd_lib.pipeline`, the BERT job, still keeps its own copy of these helpers: moving it onto this
-module changes the code digest of notebooks 04-07 and 11, so it waits for their next re-execution.)
+Used by both main jobs, :mod:`kd_lib.pipeline` (``distill``) and :mod:`kd_lib.llm_pipeline`.
 
 Course infrastructure (the main jobs), not taught in a notebook.
 """

@@ -39,6 +39,7 @@ from kd_lib.data import TASKS, EncodedDataset, eval_split, load_task, set_label_
 from kd_lib.distill import kd_from_cache
 from kd_lib.distributed import Processes
 from kd_lib.evaluate import count_params, measure_speed, size_on_disk_mb
+from kd_lib.jobs import RunState, check_run_options, prepare_output
 from kd_lib.losses import check_alpha, check_temperature
 from kd_lib.models import resolve_teacher
 from kd_lib.students import choose_student_layers, distilbert_from_bert
@@ -85,6 +86,7 @@ class DistillConfig:
     backend: str = "loop"  # how the students train: "loop" (kd_lib.training.fit) or "trainer" (transformers)
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size counts the whole step)
     precision: str = "fp32"  # or mixed precision on CUDA GPUs: "bf16", "fp16"
+    fused_adamw: bool = True  # the students' AdamW in one fused kernel (--no-fused-adamw: one tensor at a time)
     extra: dict = field(default_factory=dict)
 
     def teacher_recipe(self) -> TeacherRecipe:
@@ -97,7 +99,7 @@ class DistillConfig:
     def student_settings(self) -> TrainSettings:
         """How both students train (the KD student and the CE-only baseline)."""
         return TrainSettings(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                             grad_accum=self.grad_accum, precision=self.precision)
+                             grad_accum=self.grad_accum, precision=self.precision, fused_adamw=self.fused_adamw)
 
 
 PRESETS: dict[str, dict] = {
@@ -220,48 +222,14 @@ def validate(config: DistillConfig) -> DistillConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-class _State:
-    """``state.json``: the finished stages of a run in ``output_dir``, written atomically (by rank 0)."""
+# a saved run lacking a setting added since it began is read with the value such runs used
+SETTINGS_BEFORE_THEY_EXISTED = {"fused_adamw": False}  # runs before fused AdamW updated one tensor at a time
 
-    def __init__(self, output_dir: Path, config: DistillConfig, overwrite: bool, write: bool = True) -> None:
-        self.path, self.write = output_dir / "state.json", write
-        self.config = json.loads(json.dumps(asdict(config)))
-        if self.path.is_file() and not overwrite:
-            saved = self._read()
-            defaults = json.loads(json.dumps(asdict(DistillConfig())))  # for settings added since the run began
-            saved["config"] = {k: saved["config"].get(k, defaults[k]) for k in self.config}
-            if saved["config"] != self.config:
-                diff = sorted(k for k in self.config if saved["config"].get(k) != self.config[k])
-                raise ValueError(
-                    f"{output_dir} holds a run with other settings ({', '.join(diff)} differ): use another "
-                    "--output-dir, or --overwrite to start afresh there"
-                )
-            self.stages = saved["stages"]
-        else:
-            self.stages = {}
 
-    def _read(self) -> dict:
-        """The saved state, or ``ValueError`` naming the file and the way out when it is damaged."""
-        try:
-            saved = json.loads(self.path.read_text())
-            if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
-                    and isinstance(saved.get("stages"), dict)):
-                raise ValueError("it lacks the 'config' and 'stages' of a run")
-        except (ValueError, OSError) as exc:
-            raise ValueError(
-                f"{self.path} is damaged ({exc}): it records which stages of the run finished, so the run "
-                "cannot continue from it. Start it afresh with --overwrite, or use another --output-dir"
-            ) from None
-        return saved
-
-    def done(self, stage: str) -> dict | None:
-        return self.stages.get(stage)
-
-    def finish(self, stage: str, result: dict) -> dict:
-        self.stages[stage] = result
-        if self.write:
-            atomic_write_bytes(self.path, json.dumps({"config": self.config, "stages": self.stages}, indent=1).encode())
-        return result
+def _state(output_dir: Path, config: DistillConfig, overwrite: bool, write: bool) -> RunState:
+    """The run's ``state.json`` (:class:`kd_lib.jobs.RunState`) with this job's settings."""
+    defaults = {**asdict(DistillConfig()), **SETTINGS_BEFORE_THEY_EXISTED}
+    return RunState(output_dir, asdict(config), defaults, overwrite, write=write)
 
 
 @dataclass
@@ -272,7 +240,7 @@ class _Job:
     output_dir: Path
     device: str
     processes: Processes
-    state: _State
+    state: RunState
     progress: bool
     log: Callable[..., None]
     checkpoint_every: int | None
@@ -386,35 +354,9 @@ def _speed_stage(job: _Job, teacher, student, held_out) -> None:
         job.state.finish("speed", {**speed, "wall_s": time.perf_counter() - start})
 
 
-OUTPUTS = ("results.json", "report.md", "results.png", "student", "teacher_logits.safetensors", "checkpoints",
-           "state.json")  # what a run writes in its output folder; --overwrite removes them in this order
-
-
-def _prepare_output(output_dir: Path, overwrite: bool, processes: Processes) -> None:
-    """Rank 0 creates the checkpoint folder; with ``overwrite`` it first removes everything an earlier run
-    wrote there, its results first and its state last, so an interrupted ``--overwrite`` never leaves the
-    old results beside a new run."""
-    if processes.main:
-        if overwrite:
-            for name in OUTPUTS:
-                path = output_dir / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
-
-
-def _check_run_options(output_dir: Path, overwrite: bool, resume: bool, checkpoint_every) -> None:
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in "
-                         f"{output_dir}, --overwrite discards it; pass one of them")
-    if resume and not (output_dir / "state.json").is_file():
-        raise ValueError(f"--resume: {output_dir} holds no run to resume (no state.json); drop --resume to start one")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise ValueError(f"--checkpoint-every must be a positive integer (optimizer steps); got {checkpoint_every!r}")
+OUTPUTS = ("results.json", "report.md", "results.png", "onnx-int8", "student", "teacher_logits.safetensors",
+           "checkpoints", "state.json")  # what a run writes in its output folder (onnx-int8: --export); --overwrite
+# removes them in this order
 
 
 def run(
@@ -438,12 +380,12 @@ def run(
     """
     config = validate(config)
     output_dir = Path(output_dir)
-    _check_run_options(output_dir, overwrite, resume, checkpoint_every)
+    check_run_options(output_dir, overwrite, resume, checkpoint_every)
     device, started = distributed.start(config.device)
     try:
         processes = distributed.current()
-        _prepare_output(output_dir, overwrite, processes)
-        state = _State(output_dir, config, overwrite, write=processes.main)
+        prepare_output(output_dir, OUTPUTS, overwrite, processes)
+        state = _state(output_dir, config, overwrite, write=processes.main)
         job = _Job(config, output_dir, device, processes, state, progress and processes.main,
                    log if processes.main else (lambda *_: None), checkpoint_every)
         set_seed(config.seed)
@@ -462,7 +404,7 @@ def run(
             dist.destroy_process_group()
 
 
-def _results(config: DistillConfig, state: _State, teacher, student, world: int = 1) -> dict:
+def _results(config: DistillConfig, state: RunState, teacher, student, world: int = 1) -> dict:
     speed = state.done("speed")
     t_acc, s_acc = state.done("teacher")["accuracy"], state.done("student_kd")["accuracy"]
     return {

@@ -123,7 +123,8 @@ class DistillationTrainer(Trainer):
     cross-entropy (cached logits exist for the training rows only).
 
     Optimizer and schedule are the course loop's (:func:`~kd_lib.training.adamw`: AdamW without decay
-    on biases and LayerNorms; :func:`~kd_lib.training.warmup_linear_schedule`: linear warm-up over
+    on biases and LayerNorms, fused when ``args.optim`` is ``adamw_torch_fused``;
+    :func:`~kd_lib.training.warmup_linear_schedule`: linear warm-up over
     ``args.warmup_steps`` -- a ratio if below 1 -- then linear decay), and batches come in
     :func:`epoch_order`: on the same data this trainer and :func:`~kd_lib.training.fit` train the same
     student.
@@ -219,7 +220,8 @@ class DistillationTrainer(Trainer):
         return EpochShuffle(len(dataset), self.args.seed)
 
     def _settings(self) -> TrainSettings:
-        return TrainSettings(lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+        return TrainSettings(lr=self.args.learning_rate, weight_decay=self.args.weight_decay,
+                             fused_adamw=self.args.optim == "adamw_torch_fused")
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -318,6 +320,7 @@ def training_arguments(
         num_train_epochs=settings.epochs,
         learning_rate=settings.lr,
         weight_decay=settings.weight_decay,
+        optim="adamw_torch_fused" if settings.fused_adamw else "adamw_torch",  # read by create_optimizer
         max_grad_norm=settings.max_grad_norm,
         warmup_steps=settings.warmup_ratio,
         seed=seed,

@@ -77,6 +77,10 @@ class TrainSettings:
     ``P`` processes (``fit(..., distributed=True)``) each process computes ``1 / P`` of every
     micro-batch -- the same steps, the same schedule and (up to float rounding) the same result.
     ``precision`` is ``"fp32"``, or ``"bf16"`` / ``"fp16"`` mixed precision (CUDA GPUs only).
+    ``fused_adamw`` updates every parameter in one fused AdamW kernel (``torch.optim.AdamW(fused=True)``)
+    instead of one tensor at a time: the same update up to float rounding, and faster on a CPU, where
+    the per-tensor update of a large embedding table takes a good part of a small model's step (the
+    main job uses it; notebook 05, section 4 measures it).
 
     Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
@@ -89,6 +93,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     grad_accum: int = 1
     precision: str = "fp32"
+    fused_adamw: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -104,6 +109,8 @@ class TrainSettings:
         check_batch_split(self.batch_size, self.grad_accum, 1)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if not isinstance(self.fused_adamw, bool):
+            raise ValueError(f"fused_adamw must be True or False; got {self.fused_adamw!r}")
 
 
 def check_batch_split(batch_size: int, grad_accum: int, world: int) -> int:
@@ -164,7 +171,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def adamw(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
     """AdamW at ``settings.lr``, with ``settings.weight_decay`` on weight matrices only (none on
-    biases and LayerNorm).
+    biases and LayerNorm); PyTorch's fused kernel when ``settings.fused_adamw``.
 
     Taught in notebook 04, section 3 (Fine-tuning the teacher on SST-2).
     """
@@ -175,6 +182,7 @@ def adamw(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr,
+        fused=True if settings.fused_adamw else None,  # None: PyTorch's default (per tensor, or foreach on GPUs)
     )
 
 

@@ -5,16 +5,16 @@
 `benchmarks/bench.py --levers` times the levers that make a cached-logit step cheaper; this measures what
 they cost in accuracy: **freezing the student's token embeddings** (kept as copied from the teacher,
 left out of AdamW), which changes what is learned, and **PyTorch's fused AdamW kernel**
-(``torch.optim.AdamW(fused=True)``, the same parameter groups, rates and decay as
-``kd_lib.training.adamw``), which should change only rounding -- measured here, before the library's
-one optimizer (and so every notebook) changes, by swapping ``kd_lib.training.adamw`` for the fused
-version while this script trains (:func:`fused_adamw`). For each seed the default student of
+(``TrainSettings(fused_adamw=True)``: the same parameter groups, rates and decay in one kernel), which
+should change only rounding. This measurement is why the main job now trains its students with fused
+AdamW (``--no-fused-adamw`` turns it off). For each seed the default student of
 ``python -m kd_lib distill`` is trained exactly as the main job trains it -- same teacher, cached
-logits, initialisation, batches and dropout -- as it is and with each lever, and scored on
-``kd_lib.splits.dev_split("sst2")``; the paired difference to the unchanged student over the seeds,
-with its 95 % t-interval, is printed. A main-job run given with ``--main-job-runs`` stands in for the
-unchanged student of its seed (it is the same student). Every result is stored in ``--output`` as soon
-as it finishes, so an interrupted run resumes. About 3 min per student on a 2-core CPU.
+logits, initialisation, batches and dropout -- with PyTorch's plain AdamW (one tensor at a time, the
+main job's optimizer until fused AdamW was adopted) and with each lever, and scored on
+``kd_lib.splits.dev_split("sst2")``; the paired difference to the plain student over the seeds, with
+its 95 % t-interval, is printed. A main-job run given with ``--main-job-runs`` stands in for the arm it
+was trained as (fused or plain AdamW: it is the same student). Every result is stored in ``--output``
+as soon as it finishes, so an interrupted run resumes. About 3 min per student on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -23,16 +23,13 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from choose_recipe import main_job_student, student_search_setup
 
-from kd_lib import training
 from kd_lib.course.digits import paired_interval
 from kd_lib.distill import kd_from_cache
 from kd_lib.pipeline import config_from_preset
@@ -40,39 +37,23 @@ from kd_lib.students import choose_student_layers, distilbert_from_bert
 from kd_lib.training import evaluate_accuracy, fit
 from kd_lib.utils import atomic_write_bytes, quiet_hf, set_seed
 
-ARMS = ("as in the main job", "token embeddings frozen", "fused AdamW")
-
-
-@contextmanager
-def fused_adamw():
-    """While the block runs, :func:`kd_lib.training.adamw` (which ``fit`` calls) builds PyTorch's fused AdamW
-    over the same parameter groups, learning rate and weight decay."""
-    original = training.adamw
-
-    def fused(model, settings):
-        plain = original(model, settings).param_groups
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in plain]
-        return torch.optim.AdamW(groups, lr=settings.lr, fused=True)
-
-    training.adamw = fused
-    try:
-        yield
-    finally:
-        training.adamw = original
+PLAIN, FROZEN, FUSED = "plain AdamW", "token embeddings frozen", "fused AdamW"
+ARMS = (PLAIN, FROZEN, FUSED)  # FROZEN: with plain AdamW, so that each lever is measured alone
+RENAMED = {"as in the main job": PLAIN}  # results stored before the main job adopted fused AdamW
 
 
 def train_and_score(arm: str, seed: int, teacher, train, dev, logits) -> dict:
-    """The default student with ``seed``, trained as the main job does (``arm``: embeddings frozen or not)."""
+    """The default student with ``seed``, trained as the main job does but with ``arm``'s optimizer and embeddings."""
     config = config_from_preset("default", seed=seed)
     start = time.perf_counter()
     layers = choose_student_layers(config.student_layers, teacher.config.num_hidden_layers)
     student = distilbert_from_bert(teacher, list(layers), seed=seed)
-    if arm == "token embeddings frozen":
+    if arm == FROZEN:
         student.get_input_embeddings().weight.requires_grad_(False)
     set_seed(seed)
-    with fused_adamw() if arm == "fused AdamW" else nullcontext():
-        fit(student, train, kd_from_cache(logits, config.temperature, config.alpha), config.student_settings(),
-            seed=seed, progress=False, desc=arm)
+    settings = replace(config.student_settings(), fused_adamw=arm == FUSED)
+    fit(student, train, kd_from_cache(logits, config.temperature, config.alpha), settings,
+        seed=seed, progress=False, desc=arm)
     return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": time.perf_counter() - start}
 
 
@@ -83,12 +64,15 @@ def main(argv=None) -> None:
     parser.add_argument("--main-job-runs", nargs="*", default=[], metavar="DIR")
     args = parser.parse_args(argv)
     out = Path(args.output)
-    done = json.loads(out.read_text()) if out.is_file() else {}
+    stored = json.loads(out.read_text()) if out.is_file() else {}
+    done = {" | ".join([RENAMED.get(k.split(" | ")[0], k.split(" | ")[0]), *k.split(" | ")[1:]]): v
+            for k, v in stored.items()}
     with quiet_hf():  # transformers' load report
         teacher, train, dev, logits = student_search_setup(out.parent)
     for folder in args.main_job_runs:
         seed, acc = main_job_student(Path(folder), dev)
-        done.setdefault(f"{ARMS[0]} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
+        fused = json.loads((Path(folder) / "results.json").read_text())["config"].get("fused_adamw", False)
+        done.setdefault(f"{FUSED if fused else PLAIN} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
     for seed in args.seeds:
         for arm in ARMS:
             key = f"{arm} | seed {seed}"

@@ -109,6 +109,38 @@ def test_killed_run_resumes_to_the_same_result(tiny_teacher, tmp_path, cache, mo
     assert epochs_run == [] and again["student"]["accuracy"] == reference["student"]["accuracy"]
 
 
+def test_students_train_with_fused_adamw_unless_told_otherwise(tiny_teacher, tmp_path, cache, monkeypatch, capsys):
+    fused_flags, real_adamw = [], training.adamw
+
+    def spy(model, settings):
+        fused_flags.append(settings.fused_adamw)
+        return real_adamw(model, settings)
+
+    monkeypatch.setattr(training, "adamw", spy)
+    config, out = tiny_config(tiny_teacher, epochs=1), tmp_path / "out"
+    results = run(config, out, progress=False, log=lambda *_: None)
+    assert fused_flags[-2:] == [True, True] and results["config"]["fused_adamw"] is True  # KD and CE-only students
+    # a run saved before the setting existed trained with plain AdamW: read so, and refused as other settings
+    state = json.loads((out / "state.json").read_text())
+    del state["config"]["fused_adamw"]
+    (out / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"other settings \(fused_adamw differ\)"):
+        run(config, out, progress=False, log=lambda *_: None)
+    fused_flags.clear()
+    run(replace(config, fused_adamw=False), out, progress=False, log=lambda *_: None)
+    assert fused_flags == [], "the finished plain-AdamW run was recognised: nothing trained again"
+
+    from kd_lib import cli, pipeline
+
+    def capture(config, *args, **kwargs):
+        raise ValueError(f"captured fused_adamw={config.fused_adamw}")
+
+    monkeypatch.setattr(pipeline, "run", capture)
+    for argv, fused in (([], True), (["--no-fused-adamw"], False)):
+        assert cli.main(["distill", "--preset", "fast", "--output-dir", str(out), "--no-progress", *argv]) == 2
+        assert f"captured fused_adamw={fused}" in capsys.readouterr().err
+
+
 def test_output_dir_with_other_settings_is_refused(tiny_teacher, tmp_path, cache):
     config = tiny_config(tiny_teacher, epochs=1)
     run(config, tmp_path / "out", progress=False, log=lambda *_: None)
@@ -355,6 +387,7 @@ def test_an_interrupted_overwrite_leaves_no_old_results_behind(tiny_teacher, tmp
     out = tmp_path / "out"
     run(tiny_config(tiny_teacher, epochs=1), out, progress=False, log=lambda *_: None)
     assert all((out / name).exists() for name in ("results.json", "report.md", "results.png", "student"))
+    (out / "onnx-int8").mkdir()  # what --export adds to a finished run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -362,7 +395,8 @@ def test_an_interrupted_overwrite_leaves_no_old_results_behind(tiny_teacher, tmp
     monkeypatch.setattr(training, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(tiny_teacher, epochs=1, seed=5), out, overwrite=True, progress=False, log=lambda *_: None)
-    assert not any((out / name).exists() for name in ("results.json", "report.md", "results.png", "student"))
+    assert not any((out / name).exists()
+                   for name in ("results.json", "report.md", "results.png", "student", "onnx-int8"))
     assert json.loads((out / "state.json").read_text())["config"]["seed"] == 5
 
 

@@ -54,6 +54,16 @@ def trainer(model, tmp_path, data, **kwargs) -> DistillationTrainer:
         return DistillationTrainer(model, args, train_dataset=data, data_collator=data.collate, **kwargs)
 
 
+def test_fused_adamw_reaches_the_trainer(data, tmp_path):
+    for fused in (False, True):
+        args = training_arguments(TrainSettings(fused_adamw=fused), tmp_path / "trainer", progress=False)
+        assert args.optim == ("adamw_torch_fused" if fused else "adamw_torch")
+        with quiet_hf():
+            hf = DistillationTrainer(tiny(), args, teacher_logits=torch.zeros(len(data), 2), train_dataset=data,
+                                     data_collator=data.collate)
+        assert bool(hf.create_optimizer().defaults["fused"]) is fused
+
+
 def test_epoch_order_is_the_loops_shuffle(data):
     for seed, epoch in ((1, 0), (1, 1), (7, 3)):
         rows = [r for b in data.loader(16, shuffle=True, seed=seed * 1000 + epoch) for r in b["row"].tolist()]

@@ -98,6 +98,38 @@ def test_train_settings_validation():
         TrainSettings(lr=2.0)
     with pytest.raises(ValueError, match="batch_size"):
         TrainSettings(batch_size=0)
+    with pytest.raises(ValueError, match="fused_adamw must be True or False; got 'yes'"):
+        TrainSettings(fused_adamw="yes")
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 2))
+
+
+def test_fused_adamw_has_the_same_groups_in_one_kernel():
+    net = _net()
+    plain, _ = make_optimizer(net, TrainSettings(lr=3e-4, weight_decay=0.05), 10)
+    fused, _ = make_optimizer(net, TrainSettings(lr=3e-4, weight_decay=0.05, fused_adamw=True), 10)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    for a, b in zip(plain.param_groups, fused.param_groups, strict=True):
+        assert [id(p) for p in a["params"]] == [id(p) for p in b["params"]]
+        assert (a["weight_decay"], a["lr"], a["betas"], a["eps"]) == (b["weight_decay"], b["lr"], b["betas"], b["eps"])
+    assert [g["weight_decay"] for g in fused.param_groups] == [0.05, 0.0]  # no decay on biases and LayerNorm
+
+
+def test_fused_and_plain_adamw_take_the_same_steps_up_to_rounding():
+    nets, x, y = [_net(), _net()], torch.randn(16, 6), torch.randint(0, 2, (16,))
+    optims = [make_optimizer(net, TrainSettings(lr=1e-2, fused_adamw=fused), 5)[0]
+              for net, fused in zip(nets, (False, True), strict=True)]
+    for _ in range(5):
+        for net, opt in zip(nets, optims, strict=True):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(nets[0][0].weight, _net()[0].weight)  # the steps did move the weights
 
 
 def test_batch_split_and_precision_checks_name_the_options():
