@@ -25,7 +25,7 @@ from kd_lib.distill import kd_from_cache, kd_online
 from kd_lib.evaluate import count_params, measure_speed
 from kd_lib.models import load_teacher
 from kd_lib.students import default_student_layers, distilbert_from_bert
-from kd_lib.training import TrainSettings, forward, make_optimizer, needs_of, predict_logits, warmup_linear_schedule
+from kd_lib.training import TrainSettings, forward, make_optimizer, needs_of, predict_logits
 from kd_lib.utils import quiet_hf, set_seed
 
 
@@ -34,7 +34,8 @@ def time_training_steps(arms: dict, data: EncodedDataset, batch_size: int, steps
     """Median seconds per optimizer step for each arm, alternating between them.
 
     ``arms`` maps a name to ``(student_factory, loss_fn, fused)``: a fresh student, its loss, and whether
-    its AdamW uses PyTorch's fused implementation (one kernel for all parameters) instead of the default.
+    its AdamW uses PyTorch's fused implementation (one kernel for all parameters; the main job's) instead
+    of the default.
     """
     batches = []
     for batch in data.loader(batch_size, shuffle=True, seed=0):
@@ -42,13 +43,8 @@ def time_training_steps(arms: dict, data: EncodedDataset, batch_size: int, steps
         if len(batches) == steps:
             break
     students = {name: factory().to(device).train() for name, (factory, _, _) in arms.items()}
-    optims = {name: make_optimizer(students[name], TrainSettings(lr=1e-5), steps * (repeats + 1))
-              for name in arms}
-    for name, (_, _, fused) in arms.items():
-        if fused:  # the same parameter groups and schedule, AdamW's fused kernel
-            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optims[name][0].param_groups]
-            opt = torch.optim.AdamW(groups, lr=1e-5, fused=True)
-            optims[name] = (opt, warmup_linear_schedule(opt, steps * (repeats + 1), 0))
+    optims = {name: make_optimizer(students[name], TrainSettings(lr=1e-5, fused_adamw=fused), steps * (repeats + 1))
+              for name, (_, _, fused) in arms.items()}
 
     def run(name: str, inputs: list[dict]) -> float:
         model, (opt, sched), loss_fn = students[name], optims[name], arms[name][1]
