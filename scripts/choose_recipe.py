@@ -35,7 +35,9 @@ Prints both rounds as tables and stores every (recipe, seed) result in ``--outpu
 finishes (atomically), so an interrupted search resumes where it stopped. ``--main-job-runs``
 (students only) saves the incumbent's runs: the main job trains exactly the incumbent's student
 (same teacher, logits, initialisation, batches and dropout), so its saved KD students are scored
-on dev instead (a seed the search also trained must agree exactly). Validation accuracy is
+on dev instead (a seed the search also trained must agree exactly). The search's students train with
+plain AdamW (``SEARCH_FUSED_ADAMW``), as the main job did when the search ran, so the main-job runs
+it takes are those made with ``--no-fused-adamw``. Validation accuracy is
 neither computed nor used here.
 """
 
@@ -80,6 +82,18 @@ TEACHER_CANDIDATES: dict[str, dict] = {
 }
 
 
+# The search's students train with plain AdamW, as the main job did when the search ran (2026-12-06/07), so
+# that every stored result is comparable; the main job now uses fused AdamW, which left the incumbent's dev
+# accuracy unchanged on all three seeds (scripts/measure_levers.py).
+SEARCH_FUSED_ADAMW = False
+
+
+def trained_fused(folder: Path) -> bool:
+    """Whether the main-job run in ``folder`` trained its students with fused AdamW (runs saved before the
+    setting existed did not)."""
+    return bool(json.loads((folder / "results.json").read_text())["config"].get("fused_adamw", False))
+
+
 def _key(name: str, seed: int) -> str:
     return f"{name} | seed {seed}"
 
@@ -97,7 +111,8 @@ def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
     layers = choose_student_layers(config.student_layers, teacher.config.num_hidden_layers)
     student = distilbert_from_bert(teacher, list(layers), seed=seed)
     set_seed(seed)
-    fit(student, train, objective, config.student_settings(), seed=seed, progress=False, desc=name)
+    settings = replace(config.student_settings(), fused_adamw=SEARCH_FUSED_ADAMW)
+    fit(student, train, objective, settings, seed=seed, progress=False, desc=name)
     return student, time.perf_counter() - start
 
 
@@ -301,6 +316,9 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path], candidates: l
     teacher_dev = evaluate_accuracy(teacher, dev)
     print(f"teacher on dev ({len(dev)} sentences): {teacher_dev:.4f}", flush=True)
     for folder in main_job_runs:  # the incumbent's runs, trained by the main job itself
+        if trained_fused(folder) != SEARCH_FUSED_ADAMW:
+            raise SystemExit(f"{folder} trained its students with fused AdamW, the search with plain AdamW "
+                             "(SEARCH_FUSED_ADAMW): give runs made with --no-fused-adamw")
         seed, acc = main_job_student(folder, dev)
         known = results.done.get(_key(INCUMBENT, seed))
         if known is not None and known["dev_accuracy"] != acc:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from choose_recipe import main_job_student, student_search_setup
+from choose_recipe import main_job_student, student_search_setup, trained_fused
 
 from kd_lib.course.digits import paired_interval
 from kd_lib.distill import kd_from_cache
@@ -71,8 +71,8 @@ def main(argv=None) -> None:
         teacher, train, dev, logits = student_search_setup(out.parent)
     for folder in args.main_job_runs:
         seed, acc = main_job_student(Path(folder), dev)
-        fused = json.loads((Path(folder) / "results.json").read_text())["config"].get("fused_adamw", False)
-        done.setdefault(f"{FUSED if fused else PLAIN} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
+        arm = FUSED if trained_fused(Path(folder)) else PLAIN
+        done.setdefault(f"{arm} | seed {seed}", {"dev_accuracy": acc, "from": str(folder)})
     for seed in args.seeds:
         for arm in ARMS:
             key = f"{arm} | seed {seed}"

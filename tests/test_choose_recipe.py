@@ -39,6 +39,12 @@ def test_a_run_with_another_teacher_subset_or_backend_is_refused(script, tmp_pat
             script.main_job_student(_run(tmp_path, **change), dev=None)
 
 
+def test_runs_say_whether_they_trained_with_fused_adamw(script, tmp_path):
+    assert not script.trained_fused(_run(tmp_path))  # saved before the setting existed: plain AdamW
+    assert script.trained_fused(_run(tmp_path, fused_adamw=True))
+    assert not script.trained_fused(_run(tmp_path, fused_adamw=False))
+
+
 def test_the_incumbent_is_a_candidate_and_the_preset(script):
     from kd_lib.pipeline import config_from_preset
 
