@@ -42,6 +42,12 @@ ARMS = (PLAIN, FROZEN, FUSED)  # FROZEN: with plain AdamW, so that each lever is
 RENAMED = {"as in the main job": PLAIN}  # results stored before the main job adopted fused AdamW
 
 
+def _renamed(key: str) -> str:
+    """A stored result's key (``"arm | seed N"``) with the arm's current name."""
+    arm, seed = key.split(" | ", 1)
+    return f"{RENAMED.get(arm, arm)} | {seed}"
+
+
 def train_and_score(arm: str, seed: int, teacher, train, dev, logits) -> dict:
     """The default student with ``seed``, trained as the main job does but with ``arm``'s optimizer and embeddings."""
     config = config_from_preset("default", seed=seed)
@@ -65,8 +71,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.output)
     stored = json.loads(out.read_text()) if out.is_file() else {}
-    done = {" | ".join([RENAMED.get(k.split(" | ")[0], k.split(" | ")[0]), *k.split(" | ")[1:]]): v
-            for k, v in stored.items()}
+    done = {_renamed(key): value for key, value in stored.items()}
     with quiet_hf():  # transformers' load report
         teacher, train, dev, logits = student_search_setup(out.parent)
     for folder in args.main_job_runs:
