@@ -1,0 +1,109 @@
+"""How far each run's student is from its teacher, in sentences, and whether that is beyond the noise.
+
+    python scripts/teacher_gap.py runs/distill runs/seed1 runs/seed2
+
+For each finished ``python -m kd_lib distill`` run, on the run's held-out split (SST-2 validation for the
+default preset): the teacher's, the student's and -- where ``--export`` made one -- the int8 ONNX student's
+accuracy; the sentences only the teacher gets right and only the student does; the gap teacher minus
+model in points with a 95 % paired-bootstrap interval (the sentences resampled with replacement,
+:data:`DRAWS` times, seeded: the noise of the evaluation set, as in notebook 10); and how many more
+sentences the model would have to get right to meet the course's targets -- a student keeping 98.5 % of
+the teacher's accuracy, an int8 student within 1 point of the teacher. Prints; changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kd_lib.data import EncodedDataset, eval_split, load_task
+from kd_lib.export import find_model_dir, load_classifier
+from kd_lib.training import predict_logits
+from kd_lib.utils import quiet_hf
+
+DRAWS = 10_000
+RETENTION = 0.985  # the student keeps at least this share of the teacher's accuracy
+INT8_POINTS = 1.0  # the int8 student is at most this many points below the teacher
+
+
+def paired_gap(a_right: np.ndarray, b_right: np.ndarray, draws: int = DRAWS,
+               seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of ``a`` minus accuracy of ``b`` on the same sentences, in points, with a 95 % paired-bootstrap
+    interval: ``(mean, low, high)``. ``a_right``, ``b_right``: ``[N]`` booleans, one per sentence."""
+    a_right, b_right = np.asarray(a_right, dtype=bool), np.asarray(b_right, dtype=bool)
+    if a_right.shape != b_right.shape or a_right.ndim != 1 or len(a_right) == 0:
+        raise ValueError(f"a_right and b_right must be equal-length, non-empty 1-d arrays; got {a_right.shape} "
+                         f"and {b_right.shape}")
+    diff = a_right.astype(float) - b_right
+    resampled = diff[np.random.default_rng(seed).integers(0, len(diff), (draws, len(diff)))].mean(1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return 100 * diff.mean(), 100 * low, 100 * high
+
+
+def sentences_short(model_right: int, teacher_right: int, n: int, *, share: float | None = None,
+                    points: float | None = None) -> int:
+    """How many more of ``n`` sentences the model must get right to keep ``share`` of the teacher's accuracy, or
+    to be at most ``points`` below it (0: the target is met)."""
+    needed = teacher_right * share if share is not None else teacher_right - points * n / 100
+    return max(0, math.ceil(needed - 1e-9) - model_right)
+
+
+def held_out(run: dict, tokenizer) -> EncodedDataset:
+    """The run's held-out split, with its subset and length (as ``python -m kd_lib distill`` evaluated it)."""
+    config, task = run["config"], run["task"]
+    split = eval_split(task)
+    limit = {split: config["eval_limit"]} if config.get("eval_limit") else None
+    return EncodedDataset(load_task(task, limit=limit, seed=config["teacher_seed"])[split], tokenizer,
+                          config["max_length"])
+
+
+def run_rows(folder: Path) -> list[str]:
+    """The printed rows of one run: its models against its teacher."""
+    student_dir, run = find_model_dir(folder, "student")
+    if not run:
+        raise ValueError(f"{folder} holds no finished run (no results.json): give the output folder of "
+                         "`python -m kd_lib distill`")
+    models = {"teacher": run["teacher"]["folder"], "student": student_dir}
+    int8 = folder / "onnx-int8"
+    if (int8 / "model.onnx").is_file():
+        models["int8 ONNX student"] = int8
+    with quiet_hf():
+        loaded = {name: load_classifier(path) for name, path in models.items()}
+    data = held_out(run, loaded["student"][1])
+    labels = np.asarray(data.labels)
+    right = {name: predict_logits(model, data).argmax(-1).numpy() == labels for name, (model, _, _) in loaded.items()}
+    n, t = len(labels), right["teacher"]
+    rows = [f"{folder} (seed {run['seed']}, {n} sentences): teacher {t.mean():.4f} ({t.sum()} right)"]
+    for name in list(right)[1:]:
+        m = right[name]
+        mean, low, high = paired_gap(t, m)
+        short = (sentences_short(m.sum(), t.sum(), n, share=RETENTION) if name == "student"
+                 else sentences_short(m.sum(), t.sum(), n, points=INT8_POINTS))
+        target = f"{RETENTION:.1%} of the teacher" if name == "student" else f"within {INT8_POINTS:g} point"
+        rows.append(f"  {name:<18} {m.mean():.4f}  only the teacher right {(t & ~m).sum():>3}, "
+                    f"only it {(m & ~t).sum():>3}   teacher - it {mean:+.2f} points [{low:+.2f}, {high:+.2f}]"
+                    f"   {target}: "
+                    + (f"{short} sentence(s) short" if short else "met"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="finished `python -m kd_lib distill` run folders")
+    args = parser.parse_args(argv)
+    try:
+        for folder in args.runs:
+            print("\n".join(run_rows(Path(folder))))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"\n(95 % paired-bootstrap intervals over the sentences, {DRAWS:,} draws, seed 0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""scripts/teacher_gap.py: the paired-bootstrap gap, the sentences a target is short by, its refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "teacher_gap.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("teacher_gap", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pair(only_a: int, only_b: int, both: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array([True] * only_a + [False] * only_b + [True] * both + [False] * neither)
+    b = np.array([False] * only_a + [True] * only_b + [True] * both + [False] * neither)
+    return a, b
+
+
+def test_paired_gap_is_the_accuracy_difference_with_the_normal_approximations_width(script):
+    a, b = _pair(42, 26, 709, 95)  # seed 0 of the main job: 872 sentences, 751 vs 735 right
+    mean, low, high = script.paired_gap(a, b)
+    assert mean == pytest.approx(100 * (751 - 735) / 872)
+    d = a.astype(float) - b
+    half_width = 100 * 1.96 * d.std() / np.sqrt(len(d))  # independent: the normal approximation
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert low < mean < high
+
+
+def test_paired_gap_of_identical_predictions_is_zero_and_seeded(script):
+    a, _ = _pair(10, 0, 50, 40)
+    assert script.paired_gap(a, a) == (0.0, 0.0, 0.0)
+    a, b = _pair(5, 9, 60, 26)
+    assert script.paired_gap(a, b, seed=3) == script.paired_gap(a, b, seed=3)
+
+
+def test_paired_gap_refuses_unequal_inputs(script):
+    with pytest.raises(ValueError, match="a_right and b_right must be equal-length"):
+        script.paired_gap(np.ones(5, bool), np.ones(4, bool))
+
+
+@pytest.mark.parametrize(("model", "teacher", "n", "target", "short"), [
+    (735, 751, 872, {"share": 0.985}, 5),    # 0.985 x 751 = 739.7: 740 needed
+    (740, 751, 872, {"share": 0.985}, 0),
+    (197, 200, 250, {"share": 0.985}, 0),    # exactly 98.5 %: met
+    (196, 200, 250, {"share": 0.985}, 1),
+    (740, 751, 872, {"points": 1.0}, 3),     # 751 - 8.72 = 742.3: 743 needed
+    (743, 751, 872, {"points": 1.0}, 0),
+])
+def test_sentences_short_counts_against_a_loop(script, model, teacher, n, target, short):
+    assert script.sentences_short(model, teacher, n, **target) == short
+    share, points = target.get("share"), target.get("points")
+    first_met = next(k for k in range(n + 1) if (model + k >= teacher * share - 1e-9 if share
+                                                 else 100 * (teacher - model - k) / n <= points + 1e-9))
+    assert first_met == short
+
+
+def test_main_refuses_a_missing_or_unfinished_run(script, tmp_path, capsys):
+    assert script.main([str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    (tmp_path / "student").mkdir()
+    assert script.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path) in err
