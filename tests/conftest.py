@@ -1,7 +1,8 @@
-"""Shared fixtures: small BERT teachers saved to folders, for fast offline tests."""
+"""Shared fixtures: small BERT teachers saved to folders, for fast offline tests; scripts/ loaded by name."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,15 @@ from kd_lib.models import packaged_teacher_path
 # monkeypatch KD_CACHE_DIR later do not change it)
 SESSION_CACHE = os.environ.get("KD_CACHE_DIR")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str):
+    """The module ``scripts/<name>.py`` (scripts/ is not a package), executed afresh."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def save_tiny_bert(folder, num_layers: int = 4, num_labels: int = 2, seed: int = 0, hidden: int = 32):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import torch
 import kd_lib.training as training
 from kd_lib.cache import RECORD
 from kd_lib.pipeline import config_from_preset, run, validate
-from tests.conftest import save_tiny_bert
+from tests.conftest import load_script, save_tiny_bert
 
 RESULT_KEYS = {"task", "preset", "seed", "teacher", "student", "baselines", "retention", "speedup", "wall_s"}
 MODEL_KEYS = {"name", "layers", "params", "accuracy", "throughput_per_s", "latency_ms_batch1"}
@@ -323,13 +324,7 @@ def test_two_process_validation_and_trainer_results(tiny_teacher, tmp_path, cach
 
 def test_gpu_check_script_without_cuda(monkeypatch, capsys):
     """scripts/gpu_check.py stops at once, exit code 2, saying why -- for a CPU-only torch and for no GPU."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load_script("gpu_check")
     monkeypatch.setattr(torch.version, "cuda", None)
     assert gpu_check.main([]) == 2 and "is a CPU-only build: install a CUDA build" in capsys.readouterr().err
     monkeypatch.setattr(torch.version, "cuda", "12.8")
