@@ -210,7 +210,8 @@ def test_run_folder_accuracy_of_the_exported_teacher(fast_run, tmp_path):
 def test_benchmark_measures_the_five_models_side_by_side(fast_run, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "benchmarks/bench_export.py", "--run", str(fast_run), "--repeats", "1",
-                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           "--sessions", "2", "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bench = json.loads(out.read_text())
     names = ["teacher, PyTorch fp32", "teacher, ONNX Runtime fp32", "student, PyTorch fp32",
@@ -227,10 +228,21 @@ def test_benchmark_measures_the_five_models_side_by_side(fast_run, tmp_path):
     first = bench["targets"][0]
     assert first["ratio"] == pytest.approx(rows["student, ONNX Runtime int8"]["throughput_per_s"]
                                            / rows["teacher, PyTorch fp32"]["throughput_per_s"])
+    sessions = bench["sessions"]  # two sessions: the table holds their medians (= means), the target their spread
+    int8s = [s["student, ONNX Runtime int8"]["throughput_per_s"] for s in sessions]
+    assert len(sessions) == 2
+    assert rows["student, ONNX Runtime int8"]["throughput_per_s"] == pytest.approx(sum(int8s) / 2)
+    ratios = [i / s["teacher, PyTorch fp32"]["throughput_per_s"] for i, s in zip(int8s, sessions, strict=True)]
+    assert (first["lowest"], first["highest"]) == (pytest.approx(min(ratios)), pytest.approx(max(ratios)))
+    assert min(ratios) - 1e-9 <= first["ratio"] <= max(ratios) + 1e-9  # a ratio of sums lies between the ratios
+    assert f"sessions {min(ratios):.2f}-{max(ratios):.2f}" in proc.stdout
     assert "targets (measured here, side by side; not asserted):" in proc.stdout
     missing = subprocess.run([sys.executable, "benchmarks/bench_export.py", "--run", str(tmp_path / "none")], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "holds no finished run" in missing.stderr
+    none = subprocess.run([sys.executable, "benchmarks/bench_export.py", "--run", str(fast_run), "--sessions", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert none.returncode == 2 and "--sessions must be at least 1; got 0" in none.stderr
 
 
 def test_profile_splits_the_forward_time_by_kind_of_operation(fast_run):
