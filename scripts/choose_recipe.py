@@ -12,8 +12,9 @@ The candidates vary the temperature and alpha and, with ``+ transfer``, add a *t
 rows of the seed-0 draw of 16,000 training rows beyond the 8,000 (7,307 of them once the rows sharing
 a phrase of 4+ words with a dev sentence are dropped, so that dev stays unseen), labels withheld,
 learned from the teacher's soft targets only (``kd_lib.transfer``); one epoch over both is about the
-incumbent's number of steps, two epochs twice that. ``--candidates`` limits round 1 to the named
-challengers.
+incumbent's number of steps, two epochs twice that. Other candidates change one thing at the same
+wall time -- the student's learning rate, or which teacher layers it copies -- or train a third epoch.
+``--candidates`` limits round 1 to the named challengers.
 
 ``--what teacher``: the teacher's fine-tuning learning rate -- the default preset's SST-2 teacher
 (8,000 sentences, 1 epoch) or, with ``--task ag_news``, notebook 04's AG News teacher (2,000
@@ -65,8 +66,10 @@ from kd_lib.transfer import few_label_dataset, kd_with_transfer
 from kd_lib.utils import atomic_write_bytes, quiet_hf, set_seed
 
 INCUMBENT = "T=2, α=0.5, 2 epochs"
+# the incumbent's loss and length, which the later challengers keep
+PRESET_KD = {"temperature": 2.0, "alpha": 0.5, "epochs": 2}
 CANDIDATES: dict[str, dict] = {
-    INCUMBENT: {"temperature": 2.0, "alpha": 0.5, "epochs": 2},
+    INCUMBENT: {"temperature": 2.0, "alpha": 0.5, "epochs": 2, "lr": 1e-4},
     "T=1, α=0.5, 2 epochs": {"temperature": 1.0, "alpha": 0.5, "epochs": 2},
     "T=4, α=0.5, 2 epochs": {"temperature": 4.0, "alpha": 0.5, "epochs": 2},
     "T=2, α=0.9, 2 epochs": {"temperature": 2.0, "alpha": 0.9, "epochs": 2},
@@ -75,6 +78,17 @@ CANDIDATES: dict[str, dict] = {
     "T=2, α=0.5, 1 epoch, + transfer": {"temperature": 2.0, "alpha": 0.5, "epochs": 1, "transfer": 16000},
     # and twice the steps (over the main job's 15-minute budget: to see whether more data pays at all)
     "T=2, α=0.5, 2 epochs, + transfer": {"temperature": 2.0, "alpha": 0.5, "epochs": 2, "transfer": 16000},
+    # the student's learning rate (the incumbent's 1e-4 is the teacher's): the same steps, the same wall time
+    "T=2, α=0.5, 2 epochs, lr 2e-4": {**PRESET_KD, "lr": 2e-4},
+    "T=2, α=0.5, 2 epochs, lr 3e-4": {**PRESET_KD, "lr": 3e-4},
+    "T=2, α=0.5, 2 epochs, lr 5e-4": {**PRESET_KD, "lr": 5e-4},
+    # which teacher layers the student copies (the incumbent: every other one, [0, 2, 4]); keeping the last
+    # layer, the one the teacher's head reads, as DistilBERT's checkpoint did (notebook 05, section 1)
+    "T=2, α=0.5, 2 epochs, layers 0, 2, 5": {**PRESET_KD, "student_layers": (0, 2, 5)},
+    "T=2, α=0.5, 2 epochs, layers 0, 3, 5": {**PRESET_KD, "student_layers": (0, 3, 5)},
+    "T=2, α=0.5, 2 epochs, layers 1, 3, 5": {**PRESET_KD, "student_layers": (1, 3, 5)},
+    # a longer schedule over the same sentences: 1.5 times the steps (about 80 s more per student on 2 cores)
+    "T=2, α=0.5, 3 epochs": {**PRESET_KD, "epochs": 3},
 }
 TEACHER_INCUMBENT = "lr 1e-4"
 TEACHER_CANDIDATES: dict[str, dict] = {

@@ -16,13 +16,14 @@ def script():
 
 
 def _run(folder: Path, **config) -> Path:
-    base = {"preset": "default", "temperature": 2.0, "alpha": 0.5, "epochs": 2, "train_limit": 8000,
+    base = {"preset": "default", "temperature": 2.0, "alpha": 0.5, "epochs": 2, "lr": 1e-4, "train_limit": 8000,
             "teacher_seed": 0, "backend": "loop"}
     (folder / "results.json").write_text(json.dumps({"seed": 1, "config": {**base, **config}}))
     return folder
 
 
 @pytest.mark.parametrize(("change", "named"), [({"temperature": 4.0}, "temperature"), ({"epochs": 3}, "epochs"),
+                                               ({"lr": 2e-4}, "lr"),
                                                ({"preset": "fast", "train_limit": 512}, "preset")])
 def test_a_run_of_another_recipe_is_refused(script, tmp_path, change, named):
     with pytest.raises(SystemExit, match=rf"is not a run of the incumbent recipe \(differs in .*'{named}'"):
@@ -46,9 +47,26 @@ def test_the_incumbent_is_a_candidate_and_the_preset(script):
 
     preset = config_from_preset("default")
     incumbent = script.CANDIDATES[script.INCUMBENT]
-    assert (preset.temperature, preset.alpha, preset.epochs) == (
-        incumbent["temperature"], incumbent["alpha"], incumbent["epochs"])
+    assert (preset.temperature, preset.alpha, preset.epochs, preset.lr) == (
+        incumbent["temperature"], incumbent["alpha"], incumbent["epochs"], incumbent["lr"])
     assert len(script.CANDIDATES) >= 3 and all(0 < c["alpha"] <= 1 for c in script.CANDIDATES.values())
+
+
+def test_every_candidate_is_a_distinct_setting_of_the_main_job(script):
+    from dataclasses import fields
+
+    from kd_lib.pipeline import DistillConfig, config_from_preset
+    from kd_lib.students import choose_student_layers
+
+    known = {f.name for f in fields(DistillConfig)}
+    recipes = [{k: v for k, v in c.items() if k != "transfer"} for c in script.CANDIDATES.values()]
+    for name, recipe in zip(script.CANDIDATES, recipes, strict=True):
+        assert set(recipe) <= known, f"{name}: not settings of the main job: {set(recipe) - known}"
+        config = config_from_preset("default", **recipe)
+        assert len(choose_student_layers(config.student_layers, 6)) == 3, name  # a 3-layer student of 6
+    distinct = {json.dumps(c, sort_keys=True) for c in
+                [{**script.CANDIDATES[script.INCUMBENT], **c} for c in script.CANDIDATES.values()]}
+    assert len(distinct) == len(script.CANDIDATES)
 
 
 def test_the_teacher_incumbent_is_the_preset_and_notebook_04s(script):
