@@ -55,7 +55,8 @@ import torch
 from kd_lib.cache import cached_logits
 from kd_lib.course.digits import paired_interval
 from kd_lib.data import TASKS, EncodedDataset, load_task
-from kd_lib.distill import kd_from_cache
+from kd_lib.distill import CachedTeacherFeatures, FeatureDistillLoss, kd_from_cache
+from kd_lib.losses import layer_map
 from kd_lib.models import load_teacher
 from kd_lib.pipeline import config_from_preset
 from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, check_disjoint, dev_split
@@ -89,7 +90,13 @@ CANDIDATES: dict[str, dict] = {
     "T=2, α=0.5, 2 epochs, layers 1, 3, 5": {**PRESET_KD, "student_layers": (1, 3, 5)},
     # a longer schedule over the same sentences: 1.5 times the steps (about 80 s more per student on 2 cores)
     "T=2, α=0.5, 3 epochs": {**PRESET_KD, "epochs": 3},
+    # intermediate-layer terms (notebook 06) with the weights notebook 06 chose on dev for its narrow student;
+    # the uniform map (student layer i learns teacher layer 2i), cosine hidden states, the teacher's features
+    # cached once (not main-job options yet: one would become an option if it won)
+    "T=2, α=0.5, 2 epochs, + hidden states 0.01": {**PRESET_KD, "features": {"hidden": 0.01}},
+    "T=2, α=0.5, 2 epochs, + attention 0.1": {**PRESET_KD, "features": {"attention": 0.1}},
 }
+SEARCH_ONLY = ("transfer", "features")  # candidate settings the main job does not have
 TEACHER_INCUMBENT = "lr 1e-4"
 TEACHER_CANDIDATES: dict[str, dict] = {
     TEACHER_INCUMBENT: {"lr": 1e-4}, "lr 5e-5": {"lr": 5e-5}, "lr 2e-4": {"lr": 2e-4},
@@ -114,20 +121,41 @@ def _key(name: str, seed: int) -> str:
 
 def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
     """The default student trained with recipe ``name`` and ``seed`` as the search trains it, and the seconds
-    its training took (the transfer set's teacher logits, cached in ``folder``, not included)."""
+    its training took (the transfer set's teacher logits, cached in ``folder``, and the teacher's features,
+    cached in memory, not included)."""
     recipe = dict(CANDIDATES[name])
-    pool = recipe.pop("transfer", None)
+    pool, features = recipe.pop("transfer", None), recipe.pop("features", None)
     config = config_from_preset("default", seed=seed, **recipe)
     objective = kd_from_cache(logits, recipe["temperature"], recipe["alpha"])
     if pool is not None:
         train, objective = transfer_set(teacher, logits, pool, folder, recipe)
+    cached = teacher_features(teacher, train, features) if features is not None else None
     start = time.perf_counter()
     layers = choose_student_layers(config.student_layers, teacher.config.num_hidden_layers)
     student = distilbert_from_bert(teacher, list(layers), seed=seed)
+    if cached is not None:  # notebook 06's loss: logit KD plus the features' terms over the uniform map
+        objective = FeatureDistillLoss(cached, student, layers="uniform", temperature=recipe["temperature"],
+                                       alpha=recipe["alpha"], weights={"logits": 1.0, **features},
+                                       hidden_kind="cosine", seed=seed)
     set_seed(seed)
     settings = replace(config.student_settings(), fused_adamw=SEARCH_FUSED_ADAMW)
     fit(student, train, objective, settings, seed=seed, progress=False, desc=name)
     return student, time.perf_counter() - start
+
+
+_CACHED_FEATURES: dict[tuple, CachedTeacherFeatures] = {}  # the teacher's features, once per process
+
+
+def teacher_features(teacher, train, weights: dict[str, float]) -> CachedTeacherFeatures:
+    """The teacher's features on ``train`` that the ``weights``' terms need (``hidden``, ``attention``) at
+    the teacher layers of the uniform map from the 3-layer student, computed once per process."""
+    mapped = [j for _, j in layer_map(3, teacher, "uniform")]
+    key = tuple(sorted(weights))
+    if key not in _CACHED_FEATURES:
+        _CACHED_FEATURES[key] = CachedTeacherFeatures(
+            teacher, train, hidden_layers=mapped if "hidden" in weights else [],
+            attention_layers=mapped if "attention" in weights else [], batch_size=64)
+    return _CACHED_FEATURES[key]
 
 
 def _train_and_score(name: str, seed: int, teacher, train, dev, logits, folder: Path) -> dict:

@@ -59,11 +59,13 @@ def test_every_candidate_is_a_distinct_setting_of_the_main_job(script):
     from kd_lib.students import choose_student_layers
 
     known = {f.name for f in fields(DistillConfig)}
-    recipes = [{k: v for k, v in c.items() if k != "transfer"} for c in script.CANDIDATES.values()]
+    recipes = [{k: v for k, v in c.items() if k not in script.SEARCH_ONLY} for c in script.CANDIDATES.values()]
     for name, recipe in zip(script.CANDIDATES, recipes, strict=True):
         assert set(recipe) <= known, f"{name}: not settings of the main job: {set(recipe) - known}"
         config = config_from_preset("default", **recipe)
         assert len(choose_student_layers(config.student_layers, 6)) == 3, name  # a 3-layer student of 6
+    terms = [c["features"] for c in script.CANDIDATES.values() if "features" in c]
+    assert terms and all(set(t) <= {"hidden", "attention"} and min(t.values()) > 0 for t in terms)
     distinct = {json.dumps(c, sort_keys=True) for c in
                 [{**script.CANDIDATES[script.INCUMBENT], **c} for c in script.CANDIDATES.values()]}
     assert len(distinct) == len(script.CANDIDATES)
