@@ -13,7 +13,9 @@ rows of the seed-0 draw of 16,000 training rows beyond the 8,000 (7,307 of them 
 a phrase of 4+ words with a dev sentence are dropped, so that dev stays unseen), labels withheld,
 learned from the teacher's soft targets only (``kd_lib.transfer``); one epoch over both is about the
 incumbent's number of steps, two epochs twice that. Other candidates change one thing at the same
-wall time -- the student's learning rate, or which teacher layers it copies -- or train a third epoch.
+wall time -- the student's learning rate, or which teacher layers it copies -- train a third epoch, or
+add notebook 06's intermediate-layer terms (``features``: hidden states or attention maps, over the
+teacher's features cached in memory once).
 ``--candidates`` limits round 1 to the named challengers.
 
 ``--what teacher``: the teacher's fine-tuning learning rate -- the default preset's SST-2 teacher
@@ -129,9 +131,9 @@ def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
     objective = kd_from_cache(logits, recipe["temperature"], recipe["alpha"])
     if pool is not None:
         train, objective = transfer_set(teacher, logits, pool, folder, recipe)
-    cached = teacher_features(teacher, train, features) if features is not None else None
-    start = time.perf_counter()
     layers = choose_student_layers(config.student_layers, teacher.config.num_hidden_layers)
+    cached = teacher_features(teacher, train, features, len(layers)) if features is not None else None
+    start = time.perf_counter()
     student = distilbert_from_bert(teacher, list(layers), seed=seed)
     if cached is not None:  # notebook 06's loss: logit KD plus the features' terms over the uniform map
         objective = FeatureDistillLoss(cached, student, layers="uniform", temperature=recipe["temperature"],
@@ -146,11 +148,12 @@ def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
 _CACHED_FEATURES: dict[tuple, CachedTeacherFeatures] = {}  # the teacher's features, once per process
 
 
-def teacher_features(teacher, train, weights: dict[str, float]) -> CachedTeacherFeatures:
+def teacher_features(teacher, train, weights: dict[str, float], student_layers: int) -> CachedTeacherFeatures:
     """The teacher's features on ``train`` that the ``weights``' terms need (``hidden``, ``attention``) at
-    the teacher layers of the uniform map from the 3-layer student, computed once per process."""
-    mapped = [j for _, j in layer_map(3, teacher, "uniform")]
-    key = tuple(sorted(weights))
+    the teacher layers of the uniform map from a student of ``student_layers`` layers, computed once per
+    process (and per training set)."""
+    mapped = [j for _, j in layer_map(student_layers, teacher, "uniform")]
+    key = (id(train), tuple(sorted(weights)), tuple(mapped))
     if key not in _CACHED_FEATURES:
         _CACHED_FEATURES[key] = CachedTeacherFeatures(
             teacher, train, hidden_layers=mapped if "hidden" in weights else [],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from tests.conftest import load_script, save_tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,13 @@ def test_the_transfer_set_stays_clear_of_the_labelled_rows_and_of_dev(script):
     assert not [t for t in long if f" {t} " in f" {corpus.replace(chr(10), ' ' + chr(10) + ' ')} "]
     kept = "\n".join(rows["text"])
     assert not [d for d in dev if d in kept]
+
+
+def test_teacher_features_are_those_of_the_uniform_map_and_computed_once(script, tmp_path, small_data):
+    teacher = save_tiny_bert(tmp_path / "t", num_layers=6).eval()
+    hidden = script.teacher_features(teacher, small_data, {"hidden": 0.01}, 3)
+    assert sorted(hidden.hidden) == [2, 4, 6] and hidden.attention_layers == []
+    assert len(hidden.hidden[6]) == len(small_data)
+    assert script.teacher_features(teacher, small_data, {"hidden": 0.5}, 3) is hidden  # the same terms: cached
+    attention = script.teacher_features(teacher, small_data, {"attention": 0.1}, 2)
+    assert attention.attention_layers == [3, 6] and attention.hidden_layers == []
