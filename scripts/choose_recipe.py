@@ -72,7 +72,7 @@ INCUMBENT = "T=2, α=0.5, 2 epochs"
 # the incumbent's loss and length, which the later challengers keep
 PRESET_KD = {"temperature": 2.0, "alpha": 0.5, "epochs": 2}
 CANDIDATES: dict[str, dict] = {
-    INCUMBENT: {"temperature": 2.0, "alpha": 0.5, "epochs": 2, "lr": 1e-4},
+    INCUMBENT: {**PRESET_KD, "lr": 1e-4},
     "T=1, α=0.5, 2 epochs": {"temperature": 1.0, "alpha": 0.5, "epochs": 2},
     "T=4, α=0.5, 2 epochs": {"temperature": 4.0, "alpha": 0.5, "epochs": 2},
     "T=2, α=0.9, 2 epochs": {"temperature": 2.0, "alpha": 0.9, "epochs": 2},
