@@ -16,7 +16,11 @@ incumbent's number of steps, two epochs twice that. Other candidates change one 
 wall time -- the student's learning rate, or which teacher layers it copies -- train a third epoch, or
 add notebook 06's intermediate-layer terms (``features``: hidden states or attention maps, over the
 teacher's features cached in memory once).
-``--candidates`` limits round 1 to the named challengers.
+``--candidates`` limits round 1 to the named challengers. ``--dev unseen`` scores the students on the
+*unseen* training sentences instead (``kd_lib.splits.unseen_rows``: every training row of 8+ words
+outside the 8,000 that shares no phrase of 4+ words with them, 11,937 sentences; dev is 1,000 of them)
+-- twelve times dev's size, so a smaller difference shows beyond the noise; the transfer candidates,
+which train on some of those rows, are left out of that search.
 
 ``--what teacher``: the teacher's fine-tuning learning rate -- the default preset's SST-2 teacher
 (8,000 sentences, 1 epoch) or, with ``--task ag_news``, notebook 04's AG News teacher (2,000
@@ -38,9 +42,10 @@ Prints both rounds as tables and stores every (recipe, seed) result in ``--outpu
 finishes (atomically), so an interrupted search resumes where it stopped. ``--main-job-runs``
 (students only) saves the incumbent's runs: the main job trains exactly the incumbent's student
 (same teacher, logits, initialisation, batches and dropout), so its saved KD students are scored
-on dev instead (a seed the search also trained must agree exactly). The search's students train with
+on dev instead (a seed the search also trained must agree exactly). The dev search's students train with
 plain AdamW (``SEARCH_FUSED_ADAMW``), as the main job did when the search ran, so the main-job runs
-it takes are those made with ``--no-fused-adamw``. Validation accuracy is
+it takes are those made with ``--no-fused-adamw``; the unseen search's train with fused AdamW, as the
+main job does now. Validation accuracy is
 neither computed nor used here.
 """
 
@@ -61,7 +66,7 @@ from kd_lib.distill import CachedTeacherFeatures, FeatureDistillLoss, kd_from_ca
 from kd_lib.losses import layer_map
 from kd_lib.models import load_teacher
 from kd_lib.pipeline import config_from_preset
-from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, check_disjoint, dev_split
+from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, check_disjoint, dev_split, unseen_rows
 from kd_lib.students import choose_student_layers, distilbert_from_bert
 from kd_lib.teacher import TeacherRecipe, finetuned_teacher
 from kd_lib.training import ce_loss, evaluate_accuracy, fit
@@ -105,10 +110,10 @@ TEACHER_CANDIDATES: dict[str, dict] = {
 }
 
 
-# The search's students train with plain AdamW, as the main job did when the search ran (2026-12-06/07), so
-# that every stored result is comparable; the main job now uses fused AdamW, which left the incumbent's dev
-# accuracy unchanged on all three seeds (scripts/measure_levers.py).
-SEARCH_FUSED_ADAMW = False
+# The dev search's students train with plain AdamW, as the main job did when that search ran (2026-12-06/07),
+# so that every stored result is comparable; the main job now uses fused AdamW, which left the incumbent's dev
+# accuracy unchanged on all three seeds (scripts/measure_levers.py), and so does the unseen search (2026-12-08).
+SEARCH_FUSED_ADAMW: dict[str, bool] = {"dev": False, "unseen": True}
 
 
 def trained_fused(folder: Path) -> bool:
@@ -121,8 +126,9 @@ def _key(name: str, seed: int) -> str:
     return f"{name} | seed {seed}"
 
 
-def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
-    """The default student trained with recipe ``name`` and ``seed`` as the search trains it, and the seconds
+def train_student(name: str, seed: int, teacher, train, logits, folder: Path, fused: bool = False):
+    """The default student trained with recipe ``name`` and ``seed`` as the search trains it (``fused``: with
+    fused AdamW, see :data:`SEARCH_FUSED_ADAMW`), and the seconds
     its training took (the transfer set's teacher logits, cached in ``folder``, and the teacher's features,
     cached in memory, not included)."""
     recipe = dict(CANDIDATES[name])
@@ -140,7 +146,7 @@ def train_student(name: str, seed: int, teacher, train, logits, folder: Path):
                                        alpha=recipe["alpha"], weights={"logits": 1.0, **features},
                                        hidden_kind="cosine", seed=seed)
     set_seed(seed)
-    settings = replace(config.student_settings(), fused_adamw=SEARCH_FUSED_ADAMW)
+    settings = replace(config.student_settings(), fused_adamw=fused)
     fit(student, train, objective, settings, seed=seed, progress=False, desc=name)
     return student, time.perf_counter() - start
 
@@ -161,9 +167,9 @@ def teacher_features(teacher, train, weights: dict[str, float], student_layers: 
     return _CACHED_FEATURES[key]
 
 
-def _train_and_score(name: str, seed: int, teacher, train, dev, logits, folder: Path) -> dict:
+def _train_and_score(name: str, seed: int, teacher, train, dev, logits, folder: Path, fused: bool) -> dict:
     """Train the default student with recipe ``name`` and ``seed``; its dev accuracy and wall time."""
-    student, wall_s = train_student(name, seed, teacher, train, logits, folder)
+    student, wall_s = train_student(name, seed, teacher, train, logits, folder, fused)
     return {"dev_accuracy": evaluate_accuracy(student, dev), "wall_s": wall_s}
 
 
@@ -250,6 +256,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--candidates", nargs="+", metavar="NAME",
                         help="students only: round 1's challengers (default: every one; the incumbent always runs)")
+    parser.add_argument("--dev", choices=["dev", "unseen"], default="dev",
+                        help="students only: score on the dev split (default) or on the unseen training sentences")
     parser.add_argument("--main-job-runs", nargs="*", default=[], metavar="DIR",
                         help="output folders of `python -m kd_lib distill --seed S` (default preset): their KD "
                              "students are the incumbent's runs, scored on dev instead of trained again")
@@ -263,13 +271,19 @@ def main(argv=None) -> None:
         parser.error("--candidates applies to --what student only")
     if unknown:
         parser.error(f"--candidates: unknown {unknown}; choose from {list(CANDIDATES)}")
+    if args.what == "teacher" and args.dev != "dev":
+        parser.error("--dev applies to --what student only")
+    trains_on_unseen = sorted(n for n in args.candidates or [] if "transfer" in CANDIDATES[n])
+    if args.dev == "unseen" and trains_on_unseen:
+        parser.error(f"--dev unseen: {trains_on_unseen} train on unseen sentences; leave them out")
     if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds needs at least 2 different seeds for the paired interval; got {args.seeds}")
-    default = "runs/recipe_search.json" if args.what == "student" else f"runs/teacher_search_{args.task}.json"
+    default = ("runs/recipe_search.json" if args.dev == "dev" else "runs/recipe_search_unseen.json"
+               ) if args.what == "student" else f"runs/teacher_search_{args.task}.json"
     out = Path(args.output or default)
     with quiet_hf():
         if args.what == "student":
-            search(out, args.seeds, [Path(d) for d in args.main_job_runs], args.candidates)
+            search(out, args.seeds, [Path(d) for d in args.main_job_runs], args.candidates, args.dev)
         else:
             search_teacher(out, args.task, args.seeds)
 
@@ -337,33 +351,40 @@ def two_rounds(names: list[str], incumbent: str, seeds: list[int], score, refere
     return chosen
 
 
-def student_search_setup(folder: Path):
+def student_search_setup(folder: Path, dev_kind: str = "dev"):
     """``(teacher, train, dev, logits)`` of a student search: the default preset's teacher (cached, in eval
-    mode), its 8,000 training sentences (checked disjoint from dev), SST-2's dev split, and the teacher's
-    logits on the training sentences (cached in ``folder``)."""
+    mode), its 8,000 training sentences (checked disjoint from dev), SST-2's dev split (``dev_kind``
+    ``"dev"``) or its unseen training sentences (``"unseen"``), and the teacher's logits on the training
+    sentences (cached in ``folder``)."""
     config = config_from_preset("default")
     teacher, tokenizer, _ = finetuned_teacher(config.teacher_recipe(), progress=False)
     teacher.eval()
     train_rows = load_task("sst2", limit={"train": config.train_limit}, seed=config.teacher_seed)["train"]
     check_disjoint(train_rows, "sst2")
     train = EncodedDataset(train_rows, tokenizer, config.max_length)
-    dev = EncodedDataset(dev_split("sst2"), tokenizer, config.max_length)
+    rows = (dev_split("sst2") if dev_kind == "dev"
+            else load_task("sst2")["train"].select(unseen_rows("sst2").tolist()))
+    dev = EncodedDataset(rows, tokenizer, config.max_length)
     logits, _ = cached_logits(teacher, train, folder / "recipe_search_logits.safetensors",
                               {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},
                               batch_size=64, progress=False)
     return teacher, train, dev, logits
 
 
-def search(out: Path, seeds: list[int], main_job_runs: list[Path], candidates: list[str] | None = None) -> str:
-    """The student search, results stored in ``out`` (see the module docstring); the chosen recipe."""
-    results = Results(out)
-    teacher, train, dev, logits = student_search_setup(out.parent)
+def search(out: Path, seeds: list[int], main_job_runs: list[Path], candidates: list[str] | None = None,
+           dev_kind: str = "dev") -> str:
+    """The student search, results stored in ``out`` (see the module docstring), scored on ``dev_kind``
+    (``"dev"`` or ``"unseen"``); the chosen recipe."""
+    results, fused = Results(out), SEARCH_FUSED_ADAMW[dev_kind]
+    teacher, train, dev, logits = student_search_setup(out.parent, dev_kind)
     teacher_dev = evaluate_accuracy(teacher, dev)
-    print(f"teacher on dev ({len(dev)} sentences): {teacher_dev:.4f}", flush=True)
+    print(f"teacher on {dev_kind} ({len(dev)} sentences): {teacher_dev:.4f}", flush=True)
     for folder in main_job_runs:  # the incumbent's runs, trained by the main job itself
-        if trained_fused(folder) != SEARCH_FUSED_ADAMW:
-            raise SystemExit(f"{folder} trained its students with fused AdamW, the search with plain AdamW "
-                             "(SEARCH_FUSED_ADAMW): give runs made with --no-fused-adamw")
+        if trained_fused(folder) != fused:
+            said = {True: "fused AdamW", False: "plain AdamW"}
+            raise SystemExit(f"{folder} trained its students with {said[not fused]}, the {dev_kind} search with "
+                             f"{said[fused]} (SEARCH_FUSED_ADAMW): give runs made "
+                             + ("without" if fused else "with") + " --no-fused-adamw")
         seed, acc = main_job_student(folder, dev)
         known = results.done.get(_key(INCUMBENT, seed))
         if known is not None and known["dev_accuracy"] != acc:
@@ -374,10 +395,11 @@ def search(out: Path, seeds: list[int], main_job_runs: list[Path], candidates: l
         results.put(INCUMBENT, seed, {"dev_accuracy": acc, "from": str(folder), **(known or {})})
 
     def score(name: str, seed: int) -> float:
-        run = lambda: _train_and_score(name, seed, teacher, train, dev, logits, out.parent)  # noqa: E731
+        run = lambda: _train_and_score(name, seed, teacher, train, dev, logits, out.parent, fused)  # noqa: E731
         return results.get(name, seed, run)["dev_accuracy"]
 
-    names = [INCUMBENT] + [n for n in CANDIDATES if n != INCUMBENT and (candidates is None or n in candidates)]
+    names = [INCUMBENT] + [n for n in CANDIDATES if n != INCUMBENT and (candidates is None or n in candidates)
+                           and (dev_kind == "dev" or "transfer" not in CANDIDATES[n])]
     return two_rounds(names, INCUMBENT, seeds, score, teacher_dev)
 
 

@@ -9,6 +9,13 @@ model in points with a 95 % paired-bootstrap interval (the sentences resampled w
 :data:`DRAWS` times, seeded: the noise of the evaluation set, as in notebook 10); and how many more
 sentences the model would have to get right to meet the course's targets -- a student keeping 98.5 % of
 the teacher's accuracy, an int8 student within 1 point of the teacher. Prints; changes nothing.
+
+    python scripts/teacher_gap.py --unseen runs/distill runs/seed1 runs/seed2
+
+also scores the same models on the *unseen* training sentences (``kd_lib.splits.unseen_rows``: the
+training-file rows of 8+ words outside the default preset's 8,000 that share no phrase of 4+ words with
+them -- unseen by teacher and student alike, many times the size of validation), overall and by length, for
+runs of the default training subset: is the gap on validation the students' gap on such sentences?
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ import numpy as np
 
 from kd_lib.data import EncodedDataset, eval_split, load_task
 from kd_lib.export import find_model_dir, load_classifier
+from kd_lib.splits import DEFAULT_TRAIN_LIMIT, unseen_rows
 from kd_lib.training import predict_logits
 from kd_lib.utils import quiet_hf
 
 DRAWS = 10_000
 RETENTION = 0.985  # the student keeps at least this share of the teacher's accuracy
 INT8_POINTS = 1.0  # the int8 student is at most this many points below the teacher
+LENGTHS = ((8, 11), (12, 19), (20, None))  # word-count bins of --unseen (validation: median 19 words)
 
 
 def paired_gap(a_right: np.ndarray, b_right: np.ndarray, draws: int = DRAWS,
@@ -61,8 +70,39 @@ def held_out(run: dict, tokenizer) -> EncodedDataset:
                           config["max_length"])
 
 
-def run_rows(folder: Path) -> list[str]:
-    """The printed rows of one run: its models against its teacher."""
+def unseen_data(run: dict, tokenizer) -> tuple[EncodedDataset, np.ndarray]:
+    """The unseen training sentences of ``kd_lib.splits.unseen_rows`` (tokenized as the run did) and their
+    word counts; only for runs trained on the default preset's subset (SST-2, 8,000 rows, seed 0)."""
+    config = run["config"]
+    if (run["task"], config["train_limit"], config["teacher_seed"]) != ("sst2", DEFAULT_TRAIN_LIMIT, 0):
+        raise ValueError("--unseen needs runs trained on the default preset's subset (SST-2, --train-limit "
+                         f"{DEFAULT_TRAIN_LIMIT}, teacher seed 0); this run used task {run['task']}, train_limit "
+                         f"{config['train_limit']}, teacher seed {config['teacher_seed']}: drop --unseen")
+    rows = load_task("sst2")["train"].select(unseen_rows("sst2").tolist())
+    words = np.array([len(t.split()) for t in rows["text"]])
+    return EncodedDataset(rows, tokenizer, config["max_length"]), words
+
+
+def gap_rows(right: dict[str, np.ndarray], labels: np.ndarray, title: str) -> list[str]:
+    """Printed rows: the teacher's accuracy on ``labels``' sentences, then each other model against it."""
+    n, t = len(labels), right["teacher"]
+    rows = [f"{title} ({n} sentences): teacher {t.mean():.4f} ({t.sum()} right)"]
+    for name in list(right)[1:]:
+        m = right[name]
+        mean, low, high = paired_gap(t, m)
+        short = (sentences_short(m.sum(), t.sum(), n, share=RETENTION) if name == "student"
+                 else sentences_short(m.sum(), t.sum(), n, points=INT8_POINTS))
+        target = f"{RETENTION:.1%} of the teacher" if name == "student" else f"within {INT8_POINTS:g} point"
+        rows.append(f"  {name:<18} {m.mean():.4f}  only the teacher right {(t & ~m).sum():>3}, "
+                    f"only it {(m & ~t).sum():>3}   teacher - it {mean:+.2f} points [{low:+.2f}, {high:+.2f}]"
+                    f"   {target}: " + (f"{short} sentence(s) short" if short else "met")
+                    + (f" (kept {m.mean() / t.mean():.1%})" if name == "student" else ""))
+    return rows
+
+
+def run_rows(folder: Path, unseen: bool = False) -> list[str]:
+    """The printed rows of one run: its models against its teacher, on its held-out split (and with ``unseen``
+    on the unseen training sentences, overall and by length)."""
     student_dir, run = find_model_dir(folder, "student")
     if not run:
         raise ValueError(f"{folder} holds no finished run (no results.json): give the output folder of "
@@ -73,31 +113,33 @@ def run_rows(folder: Path) -> list[str]:
         models["int8 ONNX student"] = int8
     with quiet_hf():
         loaded = {name: load_classifier(path) for name, path in models.items()}
-    data = held_out(run, loaded["student"][1])
+    tokenizer = loaded["student"][1]
+    data = held_out(run, tokenizer)
     labels = np.asarray(data.labels)
     right = {name: predict_logits(model, data).argmax(-1).numpy() == labels for name, (model, _, _) in loaded.items()}
-    n, t = len(labels), right["teacher"]
-    rows = [f"{folder} (seed {run['seed']}, {n} sentences): teacher {t.mean():.4f} ({t.sum()} right)"]
-    for name in list(right)[1:]:
-        m = right[name]
-        mean, low, high = paired_gap(t, m)
-        short = (sentences_short(m.sum(), t.sum(), n, share=RETENTION) if name == "student"
-                 else sentences_short(m.sum(), t.sum(), n, points=INT8_POINTS))
-        target = f"{RETENTION:.1%} of the teacher" if name == "student" else f"within {INT8_POINTS:g} point"
-        rows.append(f"  {name:<18} {m.mean():.4f}  only the teacher right {(t & ~m).sum():>3}, "
-                    f"only it {(m & ~t).sum():>3}   teacher - it {mean:+.2f} points [{low:+.2f}, {high:+.2f}]"
-                    f"   {target}: "
-                    + (f"{short} sentence(s) short" if short else "met"))
+    rows = gap_rows(right, labels, f"{folder} (seed {run['seed']}, {eval_split(run['task'])})")
+    if unseen:
+        data, words = unseen_data(run, tokenizer)
+        labels = np.asarray(data.labels)
+        right = {name: predict_logits(model, data, batch_size=64).argmax(-1).numpy() == labels
+                 for name, (model, _, _) in loaded.items()}
+        rows += gap_rows(right, labels, "  unseen training sentences, 8+ words")
+        for low, high in LENGTHS:
+            keep = (words >= low) & (words <= (high or words.max()))
+            name = f"{low}-{high} words" if high else f"{low}+ words"
+            rows += gap_rows({k: v[keep] for k, v in right.items()}, labels[keep], f"    {name}")
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN", help="finished `python -m kd_lib distill` run folders")
+    parser.add_argument("--unseen", action="store_true",
+                        help="also score the models on the training sentences the default subset has not seen")
     args = parser.parse_args(argv)
     try:
         for folder in args.runs:
-            print("\n".join(run_rows(Path(folder))))
+            print("\n".join(run_rows(Path(folder), args.unseen)))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -114,6 +114,9 @@ def test_a_challenger_replaces_the_incumbent_only_when_its_interval_is_above_zer
     (["--what", "teacher", "--seeds", "0"], "at least 2 different seeds"),
     (["--candidates", "T=9"], "--candidates: unknown ['T=9']"),
     (["--what", "teacher", "--candidates", "T=1, α=0.5, 2 epochs"], "--candidates applies to --what student only"),
+    (["--what", "teacher", "--dev", "unseen"], "--dev applies to --what student only"),
+    (["--dev", "unseen", "--candidates", "T=2, α=0.5, 2 epochs, + transfer", "T=2, α=0.5, 3 epochs"],
+     "--dev unseen: ['T=2, α=0.5, 2 epochs, + transfer'] train on unseen sentences; leave them out"),
 ])
 def test_bad_arguments_are_refused_by_name(script, capsys, argv, message):
     with pytest.raises(SystemExit):

@@ -64,3 +64,18 @@ def test_main_refuses_a_missing_or_unfinished_run(script, tmp_path, capsys):
     assert script.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path) in err
+
+
+def test_unseen_is_refused_for_a_run_of_another_training_subset(script):
+    run = {"task": "sst2", "config": {"train_limit": 512, "teacher_seed": 0, "max_length": 64}}
+    with pytest.raises(ValueError, match=r"--unseen needs runs trained on the default preset's subset.*"
+                                         r"train_limit 512.*drop --unseen"):
+        script.unseen_data(run, tokenizer=None)
+
+
+def test_gap_rows_print_the_shares_and_the_sentences_short(script):
+    teacher, student = _pair(42, 26, 709, 95)  # 751 vs 735 right of 872
+    rows = script.gap_rows({"teacher": teacher, "student": student}, np.zeros(872, int), "validation")
+    assert rows[0] == "validation (872 sentences): teacher 0.8612 (751 right)"
+    assert "only the teacher right  42, only it  26" in rows[1]
+    assert rows[1].endswith("98.5% of the teacher: 5 sentence(s) short (kept 97.9%)")
