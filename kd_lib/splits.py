@@ -44,7 +44,6 @@ __all__ = [
     "largest_train_limit",
     "reserve_rows",
     "split_digest",
-    "unseen_rows",
 ]
 
 DEV_RESERVE: dict[str, int] = {"sst2": 5000, "ag_news": 1500}  # training rows no seed-0 subset uses
@@ -107,40 +106,13 @@ def _shares_phrase(text: str, train_rows: set[str], train_ngrams: set[str]) -> b
     return bool(_ngrams(text.split(), PHRASE_WORDS) & train_rows) or text in train_ngrams
 
 
-def unseen_rows(task: str, min_words: int | None = None) -> np.ndarray:
-    """Row numbers (``idx``, sorted) of the training rows that the default training subset (seed 0,
-    ``DEFAULT_TRAIN_LIMIT`` rows) has not seen: outside it, of at least ``min_words`` words
-    (``DEV_MIN_WORDS[task]`` if None), containing none of its rows of ``PHRASE_WORDS``+ words and
-    part of none of its rows. Dev is drawn from those in the reserve; the rest are unseen too, but a
-    larger seed-0 subset would draw them (``scripts/teacher_gap.py --unseen`` scores students on them).
-
-    Computed once per process, task and length (a few seconds).
-
-    Course infrastructure (the split every choice is made on; see ``data/README.md``), not taught in a notebook.
-    """
-    _check_task(task)
-    min_words = DEV_MIN_WORDS[task] if min_words is None else min_words
-    if isinstance(min_words, bool) or not isinstance(min_words, int) or min_words < 1:
-        raise ValueError(f"min_words must be a positive integer (words); got {min_words!r}")
-    return _unseen_rows(task, min_words, str(data_dir())).copy()
-
-
-@functools.cache
-def _unseen_rows(task: str, min_words: int, root: str) -> np.ndarray:
-    texts = load_task(task, root=root)["train"]["text"]
-    used = load_task(task, limit={"train": DEFAULT_TRAIN_LIMIT}, seed=0, root=root)["train"]
-    rows = {t for t in used["text"] if len(t.split()) >= PHRASE_WORDS}
-    ngrams = set().union(*(_ngrams(t.split(), min_words) for t in used["text"]))
-    outside = np.setdiff1d(np.arange(len(texts)), np.asarray(used["idx"]))
-    return np.array([i for i in outside if len(texts[i].split()) >= min_words
-                     and not _shares_phrase(texts[i], rows, ngrams)], dtype=np.int64)
-
-
 def _candidates(task: str, texts: list[str]) -> dict[str, list[int]]:
     """Reserve rows long enough for dev (``"long"``), and those of them sharing no phrase (``"clean"``)."""
+    used = load_task(task, limit={"train": DEFAULT_TRAIN_LIMIT}, seed=0)["train"]["text"]
+    rows = {t for t in used if len(t.split()) >= PHRASE_WORDS}
+    ngrams = set().union(*(_ngrams(t.split(), DEV_MIN_WORDS[task]) for t in used))
     long = [int(i) for i in reserve_rows(task) if len(texts[i].split()) >= DEV_MIN_WORDS[task]]
-    unseen = set(unseen_rows(task).tolist())
-    return {"long": long, "clean": [i for i in long if i in unseen]}
+    return {"long": long, "clean": [i for i in long if not _shares_phrase(texts[i], rows, ngrams)]}
 
 
 def dev_split(task: str, verify: bool = True):

@@ -17,8 +17,8 @@ wall time -- the student's learning rate, or which teacher layers it copies -- t
 add notebook 06's intermediate-layer terms (``features``: hidden states or attention maps, over the
 teacher's features cached in memory once).
 ``--candidates`` limits round 1 to the named challengers. ``--dev unseen`` scores the students on the
-*unseen* training sentences instead (``kd_lib.splits.unseen_rows``: every training row of 8+ words
-outside the 8,000 that shares no phrase of 4+ words with them, 11,937 sentences; dev is 1,000 of them)
+*unseen* training sentences instead (:func:`unseen_rows`: every training row of 8+ words outside the
+8,000 that shares no phrase of 4+ words with them, 11,937 sentences; dev is 1,000 of them)
 -- twelve times dev's size, so a smaller difference shows beyond the noise; the transfer candidates,
 which train on some of those rows, are left out of that search.
 
@@ -52,6 +52,7 @@ neither computed nor used here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import replace
@@ -66,7 +67,7 @@ from kd_lib.distill import CachedTeacherFeatures, FeatureDistillLoss, kd_from_ca
 from kd_lib.losses import layer_map
 from kd_lib.models import load_teacher
 from kd_lib.pipeline import config_from_preset
-from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, check_disjoint, dev_split, unseen_rows
+from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, check_disjoint, dev_split
 from kd_lib.students import choose_student_layers, distilbert_from_bert
 from kd_lib.teacher import TeacherRecipe, finetuned_teacher
 from kd_lib.training import ce_loss, evaluate_accuracy, fit
@@ -193,6 +194,28 @@ def transfer_rows(pool_size: int, dev_texts: list[str]):
     new = [k for k, i in enumerate(pool["idx"]) if i not in labelled]
     keep = [k for k in new if not overlaps(pool[k]["text"])]
     return pool.select(keep), len(new) - len(keep)
+
+
+@functools.cache
+def unseen_rows(min_words: int = 8) -> tuple[int, ...]:
+    """Row numbers (``idx``, ascending) of SST-2's training rows that the default preset's 8,000 have not seen:
+    outside them, of ``min_words``+ words, containing none of their rows of ``PHRASE_WORDS``+ words and part of
+    none of their rows -- the rule dev's sentences follow (``kd_lib.splits``), over the whole training file
+    instead of its reserve (11,937 rows, dev's 1,000 among them). A larger seed-0 subset would train on them,
+    so they are no dev split of the course; for the default preset's teacher and students they are unseen."""
+    texts = load_task("sst2")["train"]["text"]
+    used = load_task("sst2", limit={"train": DEFAULT_TRAIN_LIMIT}, seed=0)["train"]
+    rows = {t for t in used["text"] if len(t.split()) >= PHRASE_WORDS}
+    pieces = {" ".join(w[i:j]) for t in used["text"] for w in [t.split()]
+              for i in range(len(w)) for j in range(i + min_words, len(w) + 1)}
+
+    def unseen(text: str) -> bool:
+        w = text.split()
+        return len(w) >= min_words and text not in pieces and not any(
+            " ".join(w[i:j]) in rows for i in range(len(w)) for j in range(i + PHRASE_WORDS, len(w) + 1))
+
+    seen = set(used["idx"])
+    return tuple(i for i, text in enumerate(texts) if i not in seen and unseen(text))
 
 
 def transfer_set(teacher, logits, pool_size: int, folder: Path, recipe: dict):
@@ -363,7 +386,7 @@ def student_search_setup(folder: Path, dev_kind: str = "dev"):
     check_disjoint(train_rows, "sst2")
     train = EncodedDataset(train_rows, tokenizer, config.max_length)
     rows = (dev_split("sst2") if dev_kind == "dev"
-            else load_task("sst2")["train"].select(unseen_rows("sst2").tolist()))
+            else load_task("sst2")["train"].select(list(unseen_rows())))
     dev = EncodedDataset(rows, tokenizer, config.max_length)
     logits, _ = cached_logits(teacher, train, folder / "recipe_search_logits.safetensors",
                               {"teacher": str(config.teacher_recipe()), "max_length": config.max_length},

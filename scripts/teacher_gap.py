@@ -12,7 +12,7 @@ the teacher's accuracy, an int8 student within 1 point of the teacher. Prints; c
 
     python scripts/teacher_gap.py --unseen runs/distill runs/seed1 runs/seed2
 
-also scores the same models on the *unseen* training sentences (``kd_lib.splits.unseen_rows``: the
+also scores the same models on the *unseen* training sentences (``choose_recipe.unseen_rows``: the
 training-file rows of 8+ words outside the default preset's 8,000 that share no phrase of 4+ words with
 them -- unseen by teacher and student alike, many times the size of validation), overall and by length, for
 runs of the default training subset: is the gap on validation the students' gap on such sentences?
@@ -29,9 +29,13 @@ import numpy as np
 
 from kd_lib.data import EncodedDataset, eval_split, load_task
 from kd_lib.export import find_model_dir, load_classifier
-from kd_lib.splits import DEFAULT_TRAIN_LIMIT, unseen_rows
+from kd_lib.splits import DEFAULT_TRAIN_LIMIT
 from kd_lib.training import predict_logits
 from kd_lib.utils import quiet_hf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from choose_recipe import unseen_rows  # a script beside this one
 
 DRAWS = 10_000
 RETENTION = 0.985  # the student keeps at least this share of the teacher's accuracy
@@ -71,14 +75,14 @@ def held_out(run: dict, tokenizer) -> EncodedDataset:
 
 
 def unseen_data(run: dict, tokenizer) -> tuple[EncodedDataset, np.ndarray]:
-    """The unseen training sentences of ``kd_lib.splits.unseen_rows`` (tokenized as the run did) and their
+    """The unseen training sentences of ``choose_recipe.unseen_rows`` (tokenized as the run did) and their
     word counts; only for runs trained on the default preset's subset (SST-2, 8,000 rows, seed 0)."""
     config = run["config"]
     if (run["task"], config["train_limit"], config["teacher_seed"]) != ("sst2", DEFAULT_TRAIN_LIMIT, 0):
         raise ValueError("--unseen needs runs trained on the default preset's subset (SST-2, --train-limit "
                          f"{DEFAULT_TRAIN_LIMIT}, teacher seed 0); this run used task {run['task']}, train_limit "
                          f"{config['train_limit']}, teacher seed {config['teacher_seed']}: drop --unseen")
-    rows = load_task("sst2")["train"].select(unseen_rows("sst2").tolist())
+    rows = load_task("sst2")["train"].select(list(unseen_rows()))
     words = np.array([len(t.split()) for t in rows["text"]])
     return EncodedDataset(rows, tokenizer, config["max_length"]), words
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from kd_lib.data import load_task
 from tests.conftest import load_script, save_tiny_bert
 
 
@@ -151,3 +153,29 @@ def test_teacher_features_are_those_of_the_uniform_map_and_computed_once(script,
     assert script.teacher_features(teacher, small_data, {"hidden": 0.5}, 3) is hidden  # the same terms: cached
     attention = script.teacher_features(teacher, small_data, {"attention": 0.1}, 2)
     assert attention.attention_layers == [3, 6] and attention.hidden_layers == []
+
+
+def test_unseen_rows_are_the_long_rows_outside_the_default_subset_sharing_no_phrase_with_it(script):
+    """Checked by plain substring search on samples, both ways: every unseen row is clean, every long row
+    outside the subset that is not unseen shares a phrase; dev is drawn from the unseen rows."""
+    from kd_lib.splits import DEFAULT_TRAIN_LIMIT, PHRASE_WORDS, dev_split
+
+    train = load_task("sst2")["train"]["text"]
+    used = load_task("sst2", limit={"train": DEFAULT_TRAIN_LIMIT}, seed=0)["train"]
+    unseen = list(script.unseen_rows())
+    assert unseen == sorted(set(unseen)) and len(unseen) > 10 * 872
+    assert not set(unseen) & set(used["idx"])
+    assert set(dev_split("sst2")["idx"]) <= set(unseen)
+    long_rows = [t for t in used["text"] if len(t.split()) >= PHRASE_WORDS]
+    corpus = "\n".join(used["text"])
+
+    def shares(text: str) -> bool:
+        return any(p in text for p in long_rows) or text in corpus
+
+    rng = np.random.default_rng(0)
+    for i in rng.choice(unseen, 150, replace=False):
+        assert len(train[i].split()) >= 8 and not shares(train[i]), train[i]
+    seen = np.setdiff1d([i for i in range(len(train)) if len(train[i].split()) >= 8], unseen + list(used["idx"]))
+    for i in rng.choice(seen, 150, replace=False):
+        assert shares(train[i]), train[i]
+    assert set(script.unseen_rows(12)) == {i for i in unseen if len(train[i].split()) >= 12}

@@ -15,7 +15,6 @@ from kd_lib.splits import (
     dev_split,
     largest_train_limit,
     split_digest,
-    unseen_rows,
 )
 
 TASKS = ("sst2", "ag_news")
@@ -66,37 +65,6 @@ def test_sst2_dev_has_sentences_sharing_no_phrase_with_the_default_subset():
     assert not [s for s in dev if any(p in s for p in long_rows)]
     corpus = "\n".join(used)
     assert not [s for s in dev if s in corpus]
-
-
-def test_unseen_rows_are_the_long_rows_outside_the_default_subset_sharing_no_phrase_with_it():
-    """Checked by plain substring search on samples, both ways: every unseen row is clean, every long row
-    outside the subset that is not unseen shares a phrase; dev is drawn from the unseen rows."""
-    train = load_task("sst2")["train"]["text"]
-    used = load_task("sst2", limit={"train": DEFAULT_TRAIN_LIMIT}, seed=0)["train"]
-    unseen = unseen_rows("sst2")
-    assert unseen.tolist() == sorted(set(unseen.tolist())) and len(unseen) > 10 * 872
-    assert not set(unseen.tolist()) & set(used["idx"])
-    assert set(dev_split("sst2")["idx"]) <= set(unseen.tolist())
-    long_rows = [t for t in used["text"] if len(t.split()) >= PHRASE_WORDS]
-    corpus = "\n".join(used["text"])
-
-    def shares(text: str) -> bool:
-        return any(p in text for p in long_rows) or text in corpus
-
-    rng = np.random.default_rng(0)
-    for i in rng.choice(unseen, 150, replace=False):
-        assert len(train[i].split()) >= 8 and not shares(train[i]), train[i]
-    seen = np.setdiff1d([i for i in range(len(train)) if len(train[i].split()) >= 8],
-                        np.union1d(unseen, used["idx"]))
-    assert len(seen) > 0
-    for i in rng.choice(seen, 150, replace=False):
-        assert shares(train[i]), train[i]
-    assert set(unseen_rows("sst2", min_words=12).tolist()) == {i for i in unseen if len(train[i].split()) >= 12}
-
-
-def test_unseen_rows_refuses_a_bad_length():
-    with pytest.raises(ValueError, match="min_words must be a positive integer"):
-        unseen_rows("sst2", min_words=0)
 
 
 def test_dev_split_refuses_an_unknown_task():
