@@ -39,6 +39,9 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature of the KD term (default 2)")
     p.add_argument("--alpha", type=float, default=None, help="weight of the KD term, in [0, 1] (default 0.5)")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the students' learning rate (AdamW, linear warm-up and decay; default: the preset's, "
+                        "2e-4 for default)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 32)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sentence after truncation (default 64)")
     p.add_argument("--seed", type=int, default=None, help="the student's seed: new weights, dropout, shuffling")
@@ -214,7 +217,7 @@ def _distill(args: argparse.Namespace) -> int:
     def make_config(precision):
         return config_from_preset(
             args.preset, task=args.task, teacher=args.teacher, student_layers=args.student_layers,
-            temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+            temperature=args.temperature, alpha=args.alpha, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
             max_length=args.max_length, seed=args.seed, teacher_seed=args.teacher_seed,
             device=args.device, backend=args.backend, grad_accum=args.grad_accum, precision=precision,
             fused_adamw=False if args.no_fused_adamw else None,

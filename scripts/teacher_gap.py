@@ -16,17 +16,23 @@ also scores the same models on the *unseen* training sentences (``choose_recipe.
 training-file rows of 8+ words outside the default preset's 8,000 that share no phrase of 4+ words with
 them -- unseen by teacher and student alike, many times the size of validation), overall and by length, for
 runs of the default training subset: is the gap on validation the students' gap on such sentences?
+
+Given two runs or more (seeds of one recipe), it ends with their table from ``results.json``: the teacher's,
+the KD student's and the CE-only student's accuracy per seed with mean and standard deviation, the
+retention, and KD minus CE with its 95 % paired t-interval over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from kd_lib.course.digits import paired_interval
 from kd_lib.data import EncodedDataset, eval_split, load_task
 from kd_lib.export import find_model_dir, load_classifier
 from kd_lib.splits import DEFAULT_TRAIN_LIMIT
@@ -135,6 +141,24 @@ def run_rows(folder: Path, unseen: bool = False) -> list[str]:
     return rows
 
 
+def seeds_rows(results: list[dict]) -> list[str]:
+    """The seeds' table (``results``: each run's ``results.json``) and KD - CE with its paired t-interval."""
+    rows = {"teacher": [r["teacher"]["accuracy"] for r in results],
+            "student, KD": [r["student"]["accuracy"] for r in results],
+            "student, CE only": [r["baselines"]["ce_only"]["accuracy"] for r in results],
+            "retention": [r["retention"] for r in results]}
+    out = ["seeds " + ", ".join(str(r["seed"]) for r in results) + ":"]
+    for name, values in rows.items():
+        digits = 3 if name == "retention" else 4
+        out.append(f"  {name:<17} " + "  ".join(f"{v:.{digits}f}" for v in values)
+                   + f"   mean {np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}")
+    mean, low, high = paired_interval(rows["student, KD"], rows["student, CE only"])
+    out.append("  KD - CE per seed " + ", ".join(f"{100 * (a - b):+.2f}" for a, b in
+                                                zip(rows["student, KD"], rows["student, CE only"], strict=True))
+               + f" points; mean {100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] (95 % paired t-interval)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN", help="finished `python -m kd_lib distill` run folders")
@@ -144,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for folder in args.runs:
             print("\n".join(run_rows(Path(folder), args.unseen)))
+        if len(args.runs) > 1:
+            print("\n".join(seeds_rows([json.loads((Path(f) / "results.json").read_text()) for f in args.runs])))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

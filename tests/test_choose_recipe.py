@@ -18,14 +18,14 @@ def script():
 
 
 def _run(folder: Path, **config) -> Path:
-    base = {"preset": "default", "temperature": 2.0, "alpha": 0.5, "epochs": 2, "lr": 1e-4, "train_limit": 8000,
+    base = {"preset": "default", "temperature": 2.0, "alpha": 0.5, "epochs": 2, "lr": 2e-4, "train_limit": 8000,
             "teacher_seed": 0, "backend": "loop"}
     (folder / "results.json").write_text(json.dumps({"seed": 1, "config": {**base, **config}}))
     return folder
 
 
 @pytest.mark.parametrize(("change", "named"), [({"temperature": 4.0}, "temperature"), ({"epochs": 3}, "epochs"),
-                                               ({"lr": 2e-4}, "lr"),
+                                               ({"lr": 1e-4}, "lr"),
                                                ({"preset": "fast", "train_limit": 512}, "preset")])
 def test_a_run_of_another_recipe_is_refused(script, tmp_path, change, named):
     with pytest.raises(SystemExit, match=rf"is not a run of the incumbent recipe \(differs in .*'{named}'"):
@@ -179,3 +179,29 @@ def test_unseen_rows_are_the_long_rows_outside_the_default_subset_sharing_no_phr
     for i in rng.choice(seen, 150, replace=False):
         assert shares(train[i]), train[i]
     assert set(script.unseen_rows(12)) == {i for i in unseen if len(train[i].split()) >= 12}
+
+
+def test_results_are_stored_under_the_settings_they_trained_with(script, monkeypatch):
+    """A candidate that leaves a setting to the preset is stored under the preset's value, so a result of an
+    earlier preset is not taken for the current one; two names of the same settings share a key."""
+    lr_now = script.config_from_preset("default").lr
+    key = script._key("T=1, α=0.5, 2 epochs", 0)
+    assert json.loads(key.split(" | ")[0]) == {"temperature": 1.0, "alpha": 0.5, "epochs": 2, "lr": lr_now}
+    assert key.endswith(" | seed 0") and key != script._key("T=1, α=0.5, 2 epochs", 1)
+    monkeypatch.setitem(script.CANDIDATES, "same as the incumbent", dict(script.CANDIDATES[script.INCUMBENT]))
+    assert script._key("same as the incumbent", 2) == script._key(script.INCUMBENT, 2)
+    assert script._key("lr 1e-4", 0) == "lr 1e-4 | seed 0"  # the teacher search's keys: name and seed
+
+
+def test_the_decision_prints_the_interval_and_its_bonferroni_widening(script, capsys):
+    """The unseen search of 2026-12-08 (accuracies rounded to 4 digits): lr 2e-4 against 1e-4, four challengers."""
+    from scipy.stats import t as student_t
+
+    table = {"inc": [0.8375, 0.8366, 0.8340], "a": [0.8414, 0.8384, 0.8377], "b": [0.8395, 0, 0],
+             "c": [0.8389, 0, 0], "d": [0.8366, 0, 0]}
+    chosen, _, out = _decide(script, table, capsys)
+    assert chosen == "a" and "a − inc: +0.31 points, 95 % interval [+0.03, +0.60] over 3 seeds" in out
+    d = np.subtract(table["a"], table["inc"])
+    half = student_t.ppf(1 - 0.05 / 4 / 2, 2) * d.std(ddof=1) / np.sqrt(3)  # independent: 4 challengers
+    assert f"for the 4 challengers of round 1: [{100 * (d.mean() - half):+.2f}, {100 * (d.mean() + half):+.2f}]" in out
+    assert d.mean() - half < 0  # widened, the interval would include 0

@@ -160,6 +160,9 @@ def test_output_dir_with_other_settings_is_refused(tiny_teacher, tmp_path, cache
         ({"student_layers": (0, 4)}, r"--student-layers 0,4: .*indices in 0..3"),
         ({"epochs": 0}, r"--epochs must be a positive integer"),
         ({"max_length": 4}, r"--max-length must be between 8 and 512"),
+        ({"lr": 0.0}, r"--lr must be a learning rate between 0 and 1 \(e.g. 2e-4\); got 0.0"),
+        ({"lr": float("nan")}, r"--lr must be a learning rate"),
+        ({"teacher_lr": 5.0}, r"teacher_lr must be a learning rate between 0 and 1"),
     ],
 )
 def test_bad_arguments_fail_before_training(tiny_teacher, tmp_path, cache, overrides, message):
@@ -285,6 +288,7 @@ def test_killed_mid_epoch_resumes_from_the_step_checkpoint(tiny_teacher, tmp_pat
         (["--resume", "--overwrite"], r"--resume and --overwrite contradict each other"),
         (["--resume"], r"--resume: .* holds no run to resume \(no state.json\); drop --resume"),
         (["--checkpoint-every", "0"], r"--checkpoint-every must be a positive integer"),
+        (["--lr", "-1"], r"--lr must be a learning rate between 0 and 1"),
         (["--backend", "trainer", "--device", "mps"], r"with --backend trainer, --device must be cpu or cuda"),
     ],
 )
@@ -434,3 +438,17 @@ def test_unexpected_errors_are_one_line_with_where_to_report_and_debug_shows_the
     monkeypatch.setenv("KD_DEBUG", "1")
     assert cli.main(["distill", "--no-progress"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_the_students_learning_rate_is_the_presets_unless_given(monkeypatch, capsys, tmp_path):
+    """--lr reaches the run's config; without it, each preset's (default: 2e-4, chosen by the unseen search)."""
+    from kd_lib import cli, pipeline
+
+    def capture(config, *args, **kwargs):
+        raise ValueError(f"captured lr={config.lr:g}")
+
+    monkeypatch.setattr(pipeline, "run", capture)
+    for argv, lr in ((["--preset", "default"], "0.0002"), (["--preset", "full"], "5e-05"),
+                     (["--preset", "fast", "--lr", "3e-4"], "0.0003")):
+        assert cli.main(["distill", "--output-dir", str(tmp_path / "out"), "--no-progress", *argv]) == 2
+        assert f"captured lr={lr}" in capsys.readouterr().err

@@ -79,3 +79,20 @@ def test_gap_rows_print_the_shares_and_the_sentences_short(script):
     assert rows[0] == "validation (872 sentences): teacher 0.8612 (751 right)"
     assert "only the teacher right  42, only it  26" in rows[1]
     assert rows[1].endswith("98.5% of the teacher: 5 sentence(s) short (kept 97.9%)")
+
+
+def test_seeds_rows_report_means_and_the_paired_kd_minus_ce_interval(script):
+    """The lr-1e-4 main-job runs of 2026-12-07, as their results.json files hold them."""
+    def run(seed, kd, ce):
+        return {"seed": seed, "teacher": {"accuracy": 751 / 872}, "student": {"accuracy": kd / 872},
+                "baselines": {"ce_only": {"accuracy": ce / 872}}, "retention": kd / 751}
+
+    rows = script.seeds_rows([run(0, 735, 732), run(1, 737, 735), run(2, 738, 735)])
+    assert rows[0] == "seeds 0, 1, 2:"
+    assert rows[2].split() == ["student,", "KD", "0.8429", "0.8452", "0.8463", "mean", "0.8448", "±", "0.0018"]
+    assert rows[4].split()[1:4] == ["0.979", "0.981", "0.983"]
+    d = np.array([3, 2, 3]) / 872 * 100
+    half = 4.302653 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df), independent of scipy
+    assert rows[5].endswith(f"mean {d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] "
+                            "(95 % paired t-interval)")
+    assert "+0.34, +0.23, +0.34 points" in rows[5]
